@@ -1,0 +1,5 @@
+import sys
+
+from pylcogt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,446 @@
+"""The ``pylcogt`` command: argument parsing and output only; the work is done elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from pylcogt import __version__
+from pylcogt.config import DATA_DIR_ENV, DATABASE_URL_ENV, Settings, load_settings
+from pylcogt.db.models import FrameState
+from pylcogt.errors import ConfigurationError, PylcogtError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("pylcogt")
+
+EPILOG = f"""\
+environment (a CLI option overrides its variable):
+  {DATABASE_URL_ENV}   registry database, an SQLAlchemy URL
+                         (default: sqlite:///pylcogt.db in the current directory;
+                          production: postgresql+psycopg2://user:password@host/dbname)
+  {DATA_DIR_ENV}       where reduced frames and master calibrations are written
+                         (default: ./pylcogt-data)
+
+machine-readable output: every --json prints one JSON value on stdout and nothing else;
+logs and progress go to stderr. Exit status: 0 when the command did its job (even if some
+inputs were rejected: they are in the output), 1 when a check failed, 2 for a usage or
+configuration error, 3 when the database cannot be reached.
+"""
+
+
+# --- output helpers -----------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "value"):  # enums
+        return value.value
+    return str(value)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=_jsonable, indent=1) + "\n")
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    text = [[("" if r.get(c) is None else str(_jsonable(r[c]) if not isinstance(r[c], (str, int, float)) else r[c])) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for t in text:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
+
+
+def _stderr_progress(enabled: bool):
+    """A one-line progress display on stderr, only when stderr is a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        return None, lambda: None
+
+    def show(text: str) -> None:
+        sys.stderr.write("\r\033[K" + text[: 150])
+        sys.stderr.flush()
+
+    def done() -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    return show, done
+
+
+def _parse_night(text: str) -> dt.date:
+    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a night: use YYYYMMDD or YYYY-MM-DD")
+
+
+# --- commands -----------------------------------------------------------------------------
+def _maker(settings: Settings, *, ensure: bool = True):
+    from pylcogt.db.migrate import ensure_schema
+    from pylcogt.db.session import get_sessionmaker
+
+    if ensure:
+        ensure_schema(settings.database_url)
+    return get_sessionmaker(settings.database_url)
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.db import migrate
+
+    url = settings.database_url
+    if args.db_command == "upgrade":
+        before = migrate.current_revision(url)
+        migrate.upgrade(url, args.revision)
+        after = migrate.current_revision(url)
+        result = {"database": settings.safe_database_url, "from": before, "to": after}
+        if args.json:
+            _print_json(result)
+        else:
+            print(f"{settings.safe_database_url}: {before or 'empty'} -> {after}")
+        return 0
+    if args.db_command == "downgrade":
+        before = migrate.current_revision(url)
+        migrate.downgrade(url, args.revision)
+        after = migrate.current_revision(url)
+        if args.json:
+            _print_json({"database": settings.safe_database_url, "from": before, "to": after})
+        else:
+            print(f"{settings.safe_database_url}: {before or 'empty'} -> {after or 'empty'}")
+        return 0
+    if args.db_command == "current":
+        current, head = migrate.current_revision(url), migrate.head_revision()
+        result = {"database": settings.safe_database_url, "current": current, "head": head,
+                  "up_to_date": current == head}
+        if args.json:
+            _print_json(result)
+        else:
+            state = "up to date" if current == head else "run `pylcogt db upgrade`"
+            print(f"{settings.safe_database_url}: revision {current or 'none'} (head {head}, {state})")
+        return 0
+    # check
+    diffs = migrate.schema_differences(url)
+    if args.json:
+        _print_json({"database": settings.safe_database_url, "differences": [str(d) for d in diffs]})
+    elif diffs:
+        print("the database schema differs from the models:")
+        for diff in diffs:
+            print(f"  {diff}")
+    else:
+        print("the database schema matches the models")
+    return 1 if diffs else 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.ingest import ingest_paths
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise ConfigurationError(f"no such file or directory: {', '.join(missing)}")
+    maker = _maker(settings)
+    show, done = _stderr_progress(not args.quiet)
+
+    def progress(n, result) -> None:
+        if show:
+            show(f"[{n}] {result.status:9s} {Path(result.path).name}")
+
+    try:
+        report = ingest_paths(maker, args.paths, progress=progress)
+    finally:
+        done()
+    counts = report.counts()
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    for result in report.results:
+        if result.status == "rejected":
+            print(f"rejected  {result.path}: {result.reason}")
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("new", "unchanged", "updated", "rejected"))
+    extra = f" ({counts['ignored']} non-FITS files ignored)" if counts["ignored"] else ""
+    print(f"ingested {len(report.results)} files: {summary}{extra}")
+    return 0
+
+
+def _frame_row(frame) -> dict[str, Any]:
+    inst = frame.instrument
+    return {
+        "id": frame.id,
+        "path": frame.path,
+        "obstype": frame.obstype,
+        "instrument": inst.camera if inst else None,
+        "site": inst.site.code if inst else None,
+        "dateobs": frame.dateobs,
+        "dayobs": frame.dayobs,
+        "filter": frame.filter_name,
+        "binning": frame.binning,
+        "readout_mode": frame.readout_mode,
+        "exptime": frame.exptime_s,
+        "state": frame.state.value,
+        "attempts": frame.attempts,
+        "error": frame.last_error,
+        "product_path": frame.product_path,
+        "checksum": frame.checksum,
+    }
+
+
+def cmd_frames(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.db import repo
+
+    with _maker(settings)() as session:
+        frames = repo.list_frames(session, state=args.state, obstype=args.obstype,
+                                  instrument=args.instrument, night=args.night, limit=args.limit)
+        rows = [_frame_row(f) for f in frames]
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            row["file"] = Path(row["path"]).name
+            row["dateobs"] = row["dateobs"].isoformat(timespec="seconds") if row["dateobs"] else None
+        columns = ["id", "file", "obstype", "instrument", "site", "dayobs", "dateobs", "filter",
+                   "binning", "exptime", "state", "error"]
+        _print_table(rows, columns)
+    return 0
+
+
+def cmd_instruments(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.db import repo
+
+    with _maker(settings)() as session:
+        rows = [
+            {
+                "id": inst.id,
+                "site": inst.site.code,
+                "enclosure": inst.enclosure,
+                "telescope": inst.telescope,
+                "telescope_name": inst.telescope_name,
+                "camera": inst.camera,
+                "family": inst.family.value,
+                "nx": inst.nx,
+                "ny": inst.ny,
+                "n_amplifiers": inst.n_amplifiers,
+                "n_frames": n,
+            }
+            for inst, n in repo.list_instruments(session)
+        ]
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, ["id", "site", "enclosure", "telescope", "camera", "family", "nx", "ny",
+                            "n_amplifiers", "n_frames"])
+    return 0
+
+
+def _simulate(args: argparse.Namespace, outdir: Path):
+    from pylcogt.simulate import simulate_night
+
+    show, done = _stderr_progress(not args.quiet)
+
+    def progress(i: int, n: int, name: str) -> None:
+        if show:
+            show(f"simulating [{i}/{n}] {name}")
+
+    try:
+        return simulate_night(
+            outdir, camera=args.camera, size=args.size, seed=args.seed, dayobs=args.night,
+            site=args.site, n_bias=args.n_bias, n_dark=args.n_dark, n_flat=args.n_flat,
+            n_science=args.n_science, filters=tuple(args.filters.split(",")),
+            compress=args.compress, progress=progress,
+        )
+    finally:
+        done()
+
+
+def cmd_simulate(args: argparse.Namespace, _settings: Settings) -> int:
+    night = _simulate(args, Path(args.outdir))
+    result = {"outdir": night.outdir, "camera": night.camera, "instrument": night.instrument,
+              "files": [str(f) for f in night.files], "truth": night.truth_path}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wrote {len(night.files)} raw {night.camera} frames ({night.instrument}) and "
+              f"{night.truth_path.name} to {night.outdir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.ingest import ingest_paths
+
+    outdir = Path(args.dir) / "raw"
+    log.info("simulating a %s night in %s", args.camera, outdir)
+    night = _simulate(args, outdir)
+    maker = _maker(settings)
+    report = ingest_paths(maker, [outdir])
+    counts = report.counts()
+    result = {"database": settings.safe_database_url, "raw_dir": outdir,
+              "frames": len(night.files), "ingest": counts}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"simulated {len(night.files)} {night.camera} frames in {outdir}")
+        print(f"ingested into {settings.safe_database_url}: "
+              + ", ".join(f"{counts[k]} {k}" for k in ("new", "unchanged", "updated", "rejected")))
+        print("next: `pylcogt frames list` and `pylcogt instruments list` show the registry")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted both before and after the subcommand."""
+    default = argparse.SUPPRESS if suppress else None
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("configuration")
+    group.add_argument("--database-url", metavar="URL", default=default,
+                       help=f"registry database (env {DATABASE_URL_ENV}; default sqlite:///pylcogt.db)")
+    group.add_argument("--data-dir", metavar="DIR", default=default,
+                       help=f"where products and masters are written (env {DATA_DIR_ENV}; default ./pylcogt-data)")
+    group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
+                       help="more log output on stderr (-vv for debug)")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                       help="only errors on stderr; no progress display")
+    return parent
+
+
+def _add_simulation_options(parser: argparse.ArgumentParser, *, size: int | None, n_bias: int) -> None:
+    parser.add_argument("--camera", choices=["sinistro", "sbig", "spectral"], default="sinistro",
+                        help="camera family to simulate (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=size,
+                        help="light-sensitive detector width in unbinned pixels (default: "
+                        + ("4096, the real size" if size is None else str(size)) + ")")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    parser.add_argument("--night", default="20261128", help="DAY-OBS, YYYYMMDD (default: %(default)s)")
+    parser.add_argument("--site", default="lsc", help="SITEID (default: %(default)s)")
+    parser.add_argument("--n-bias", type=int, default=n_bias, help="biases per set, afternoon and morning (default: %(default)s)")
+    parser.add_argument("--n-dark", type=int, default=3, help="darks per set (default: %(default)s)")
+    parser.add_argument("--n-flat", type=int, default=3, help="sky flats per twilight and filter (default: %(default)s)")
+    parser.add_argument("--n-science", type=int, default=3, help="science frames per filter (default: %(default)s)")
+    parser.add_argument("--filters", default="rp,V", help="comma-separated filters (default: %(default)s)")
+    parser.add_argument("--compress", choices=["none", "fz", "gz"], default="none",
+                        help="write .fits, tile-compressed .fits.fz or .fits.gz (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(suppress=True)
+    parser = argparse.ArgumentParser(
+        prog="pylcogt",
+        description="Reduction service for LCO CCD frames: registry, ingest, simulation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common(suppress=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"pylcogt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description or help_text,
+                              parents=[common], epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    db = add("db", "manage the registry schema (alembic migrations shipped with pylcogt)")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    p = db_sub.add_parser("upgrade", help="bring the database to the newest schema (idempotent)", parents=[common])
+    p.add_argument("--revision", default="head", help="target revision (default: head)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = db_sub.add_parser("downgrade", help="go back to an older schema revision ('base' empties it)", parents=[common])
+    p.add_argument("revision", help="target revision, e.g. base or -1")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = db_sub.add_parser("current", help="show the database's schema revision", parents=[common])
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = db_sub.add_parser("check", help="compare the database with the models (exit 1 if they differ)", parents=[common])
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+    p = add("ingest", "register raw frames (files or directories, recursively)",
+            "Register raw frames. Files are checked for completeness and required keywords; "
+            "unusable ones are recorded as 'rejected' with the reason. Re-ingesting an unchanged "
+            "file changes nothing; a file whose content changed is re-registered and reset to pending. "
+            "Directories are searched recursively for *.fits, *.fits.fz and *.fits.gz.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="raw frame files or directories")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: {summary: {new, unchanged, updated, rejected, ignored}, files: [...]}")
+
+    frames = add("frames", "list registered raw frames")
+    f_sub = frames.add_subparsers(dest="frames_command", required=True, metavar="ACTION")
+    p = f_sub.add_parser("list", help="list raw frames, oldest first", parents=[common])
+    p.add_argument("--state", choices=[s.value for s in FrameState], help="only frames in this state")
+    p.add_argument("--obstype", help="only this OBSTYPE (BIAS, DARK, SKYFLAT, EXPOSE, STANDARD)")
+    p.add_argument("--instrument", help="only this camera, e.g. fa15")
+    p.add_argument("--night", type=_parse_night, help="only this DAY-OBS (YYYYMMDD)")
+    p.add_argument("--limit", type=int, help="at most this many rows")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per frame")
+
+    inst = add("instruments", "list instruments (created automatically on ingest)")
+    i_sub = inst.add_subparsers(dest="instruments_command", required=True, metavar="ACTION")
+    p = i_sub.add_parser("list", help="list instruments with their frame counts", parents=[common])
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per instrument")
+
+    p = add("simulate", "write a realistic simulated night of raw frames",
+            "Write a night of raw frames in the LCO format (bias and dark sets in the afternoon "
+            "and morning, twilight sky flats in each filter, science exposures) with known bias "
+            "structure, read noise, dark current, flat pattern, bad pixels, stars, sky and cosmic "
+            "rays, plus truth.json and truth_maps.npz. Seeded: the same options give the same bytes.")
+    p.add_argument("outdir", help="directory to write into (created if needed)")
+    _add_simulation_options(p, size=None, n_bias=5)
+    p.add_argument("--json", action="store_true", help="print a JSON object listing the files")
+
+    p = add("demo", "simulate a small night and ingest it into the configured registry",
+            "The main job on the embedded default: simulate a night (Sinistro, 1024x1024 by "
+            "default) into DIR/raw and ingest it into the registry (by default an SQLite file in "
+            "the current directory). Running it again changes nothing.")
+    p.add_argument("--dir", default="pylcogt-demo", help="working directory (default: %(default)s)")
+    _add_simulation_options(p, size=1024, n_bias=5)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    return parser
+
+
+COMMANDS = {
+    "db": cmd_db,
+    "ingest": cmd_ingest,
+    "frames": cmd_frames,
+    "instruments": cmd_instruments,
+    "simulate": cmd_simulate,
+    "demo": cmd_demo,
+}
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        settings = load_settings(args.database_url, args.data_dir)
+        return COMMANDS[args.command](args, settings)
+    except ConfigurationError as exc:
+        print(f"pylcogt: error: {exc}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:
+        url = load_settings(args.database_url, args.data_dir).safe_database_url
+        print(f"pylcogt: error: cannot use the database {url}: {exc.orig}; check that the "
+              f"server is running and the URL is right", file=sys.stderr)
+        return 3
+    except PylcogtError as exc:
+        print(f"pylcogt: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Run-time settings: where the registry database and the data products live.
+
+Each setting comes from, in order: the CLI option, the environment variable, the default.
+
+- ``PYLCOGT_DATABASE_URL`` / ``--database-url``: an SQLAlchemy URL. Default: an SQLite file
+  ``pylcogt.db`` in the current directory. Production: ``postgresql+psycopg2://user:pw@host/db``.
+- ``PYLCOGT_DATA_DIR`` / ``--data-dir``: where reduced frames and masters are written. Default:
+  ``pylcogt-data`` in the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from pylcogt.errors import ConfigurationError
+
+__all__ = ["Settings", "load_settings", "redact_url", "DATABASE_URL_ENV", "DATA_DIR_ENV"]
+
+DATABASE_URL_ENV = "PYLCOGT_DATABASE_URL"
+DATA_DIR_ENV = "PYLCOGT_DATA_DIR"
+DEFAULT_SQLITE_NAME = "pylcogt.db"
+DEFAULT_DATA_DIR_NAME = "pylcogt-data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. ``database_url`` may hold a password: print :attr:`safe_database_url`."""
+
+    database_url: str
+    data_dir: Path
+
+    @property
+    def safe_database_url(self) -> str:
+        return redact_url(self.database_url)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``; safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def _check_url(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        msg = (
+            f"the database URL {redact_url(url)!r} is not a valid SQLAlchemy URL ({exc}); "
+            f"use e.g. sqlite:///pylcogt.db or postgresql+psycopg2://user@host/dbname"
+        )
+        raise ConfigurationError(msg) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        msg = f"database backend {backend!r} is not supported; use sqlite or postgresql"
+        raise ConfigurationError(msg)
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        # make relative SQLite paths absolute now, so later chdir()s cannot move the database
+        db_path = Path(parsed.database).expanduser()
+        if not db_path.is_absolute():
+            db_path = Path.cwd() / db_path
+        url = parsed.set(database=str(db_path)).render_as_string(hide_password=False)
+    return url
+
+
+def load_settings(database_url: str | None = None, data_dir: str | os.PathLike | None = None) -> Settings:
+    """Resolve settings from explicit values, then the environment, then the defaults."""
+    url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{DEFAULT_SQLITE_NAME}"
+    directory = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR_NAME
+    return Settings(database_url=_check_url(url), data_dir=Path(directory).expanduser().resolve())

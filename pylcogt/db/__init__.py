@@ -1,0 +1,1 @@
+"""The calibration registry: models, the engine, and queries that take a Session."""

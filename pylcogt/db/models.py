@@ -1,0 +1,282 @@
+"""SQLAlchemy 2.0 models of the calibration registry.
+
+Conventions: every timestamp is naive UTC (``DateTime`` without a time zone, the same on SQLite
+and PostgreSQL); ``dayobs`` is the observing night (``DAY-OBS``) as a date; binning is the
+``CCDSUM`` card written ``"1x1"``; ``filter_name`` is ``""`` for calibration types that do not
+depend on the filter, so that unique constraints and lookups never meet a NULL. Enumerations are
+stored as short strings with CHECK constraints (no native PostgreSQL enum types: adding a value
+is then one batch migration on both databases). Every schema change is an alembic revision in
+``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "FrameState",
+    "CalibrationType",
+    "CalibrationRole",
+    "CameraFamily",
+    "Site",
+    "Instrument",
+    "RawFrame",
+    "MasterCalibration",
+    "MasterInput",
+    "FrameCalibration",
+    "utcnow",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    """The current time as naive UTC, the registry's timestamp convention."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class FrameState(str, enum.Enum):
+    """Processing state of a raw frame."""
+
+    PENDING = "pending"
+    WAITING_CALIBRATION = "waiting_calibration"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class CameraFamily(str, enum.Enum):
+    SINISTRO = "sinistro"
+    SBIG = "sbig"
+    SPECTRAL = "spectral"
+
+
+class CalibrationType(str, enum.Enum):
+    """OBSTYPE of a master calibration."""
+
+    BIAS = "BIAS"
+    DARK = "DARK"
+    SKYFLAT = "SKYFLAT"
+    BPM = "BPM"
+
+
+class CalibrationRole(str, enum.Enum):
+    """What a master was used for when reducing a frame."""
+
+    BIAS = "bias"
+    DARK = "dark"
+    FLAT = "flat"
+    BPM = "bpm"
+
+
+def _str_enum(enum_cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=24,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Site(Base):
+    """An observatory site (``SITEID``), created from frame headers on first sight."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(8), unique=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    latitude_deg: Mapped[float | None] = mapped_column(Float)
+    longitude_deg: Mapped[float | None] = mapped_column(Float, comment="degrees east")
+    height_m: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    instruments: Mapped[list[Instrument]] = relationship(back_populates="site")
+
+
+class Instrument(Base):
+    """A camera on a telescope: (site, enclosure, telescope, camera) is unique.
+
+    A camera moved to another telescope is another instrument, since its flats change with it.
+    ``nx``/``ny`` are the light-sensitive detector size in unbinned pixels.
+    """
+
+    __tablename__ = "instruments"
+    __table_args__ = (UniqueConstraint("site_id", "enclosure", "telescope", "camera"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    enclosure: Mapped[str] = mapped_column(String(16), comment="ENCID, e.g. doma")
+    telescope: Mapped[str] = mapped_column(String(16), comment="TELID, e.g. 1m0a")
+    telescope_name: Mapped[str | None] = mapped_column(String(32), comment="TELESCOP, e.g. 1m0-05")
+    camera: Mapped[str] = mapped_column(String(16), index=True, comment="INSTRUME, e.g. fa03")
+    family: Mapped[CameraFamily] = mapped_column(_str_enum(CameraFamily, "camera_family"))
+    nx: Mapped[int] = mapped_column(Integer, comment="detector width, unbinned pixels")
+    ny: Mapped[int] = mapped_column(Integer, comment="detector height, unbinned pixels")
+    n_amplifiers: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    site: Mapped[Site] = relationship(back_populates="instruments")
+
+
+class RawFrame(Base):
+    """A raw frame registered by ingest, with its processing state.
+
+    A ``rejected`` frame may lack every header-derived column (it could not be read); any
+    other state has them all. ``lease_*`` columns belong to the worker: ``lease_token`` is a
+    fencing token incremented on every claim, so a worker whose lease was taken over cannot
+    record a stale result.
+    """
+
+    __tablename__ = "raw_frames"
+    __table_args__ = (
+        CheckConstraint(
+            "state = 'rejected' OR (obstype IS NOT NULL AND instrument_id IS NOT NULL"
+            " AND dateobs IS NOT NULL AND dayobs IS NOT NULL AND exptime_s IS NOT NULL"
+            " AND binning IS NOT NULL)",
+            name="readable_unless_rejected",
+        ),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        # worker polling: next frames in a state, oldest night first
+        Index("ix_raw_frames_poll", "state", "dayobs", "next_attempt_at"),
+        # calibration groups: a night's frames of one type on one instrument
+        Index("ix_raw_frames_group", "instrument_id", "dayobs", "obstype", "binning", "filter_name"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), unique=True, comment="absolute path")
+    filename: Mapped[str] = mapped_column(String(255), index=True)
+    checksum: Mapped[str] = mapped_column(String(64), index=True, comment="sha256 of the file")
+    file_size: Mapped[int] = mapped_column(Integer, comment="bytes")
+    state: Mapped[FrameState] = mapped_column(_str_enum(FrameState, "frame_state"))
+    obstype: Mapped[str | None] = mapped_column(String(16))
+    instrument_id: Mapped[int | None] = mapped_column(ForeignKey("instruments.id"))
+    dateobs: Mapped[dt.datetime | None] = mapped_column(DateTime, comment="DATE-OBS, UTC")
+    dayobs: Mapped[dt.date | None] = mapped_column(Date, comment="DAY-OBS, observing night")
+    exptime_s: Mapped[float | None] = mapped_column(Float)
+    filter_name: Mapped[str | None] = mapped_column(String(32))
+    binning: Mapped[str | None] = mapped_column(String(8), comment="CCDSUM as '2x2'")
+    readout_mode: Mapped[str | None] = mapped_column(String(32), comment="CONFMODE")
+    object_name: Mapped[str | None] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    product_path: Mapped[str | None] = mapped_column(String(1024))
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    ingested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    instrument: Mapped[Instrument | None] = relationship()
+    calibrations: Mapped[list[FrameCalibration]] = relationship(
+        back_populates="frame", cascade="all, delete-orphan"
+    )
+
+
+class MasterCalibration(Base):
+    """A master calibration file. ``dateobs`` is its effective time: the mean DATE-OBS of its
+    inputs. Lookups: bias/dark closest in ``dateobs``, flat latest on the same filter; both
+    walk the one composite index below from the matching prefix.
+    """
+
+    __tablename__ = "master_calibrations"
+    __table_args__ = (
+        CheckConstraint("n_inputs >= 0", name="n_inputs_nonnegative"),
+        Index(
+            "ix_master_calibrations_lookup",
+            "instrument_id",
+            "obstype",
+            "binning",
+            "readout_mode",
+            "filter_name",
+            "is_bad",
+            "dateobs",
+        ),
+        Index(None, "dayobs"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    obstype: Mapped[CalibrationType] = mapped_column(_str_enum(CalibrationType, "calibration_type"))
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
+    binning: Mapped[str] = mapped_column(String(8))
+    readout_mode: Mapped[str] = mapped_column(String(32), default="")
+    filter_name: Mapped[str] = mapped_column(String(32), default="", comment="'' when n/a")
+    dayobs: Mapped[dt.date] = mapped_column(Date)
+    dateobs: Mapped[dt.datetime] = mapped_column(DateTime, comment="mean DATE-OBS of inputs, UTC")
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    checksum: Mapped[str] = mapped_column(String(64))
+    is_bad: Mapped[bool] = mapped_column(Boolean, default=False)
+    n_inputs: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    instrument: Mapped[Instrument] = relationship()
+    inputs: Mapped[list[MasterInput]] = relationship(
+        back_populates="master", cascade="all, delete-orphan"
+    )
+
+
+class MasterInput(Base):
+    """Provenance: raw frame ``frame_id`` went into master ``master_id``."""
+
+    __tablename__ = "master_inputs"
+
+    master_id: Mapped[int] = mapped_column(
+        ForeignKey("master_calibrations.id", ondelete="CASCADE"), primary_key=True
+    )
+    frame_id: Mapped[int] = mapped_column(
+        ForeignKey("raw_frames.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+    master: Mapped[MasterCalibration] = relationship(back_populates="inputs")
+    frame: Mapped[RawFrame] = relationship()
+
+
+class FrameCalibration(Base):
+    """Provenance: master ``master_id`` was used as ``role`` to reduce raw frame ``frame_id``."""
+
+    __tablename__ = "frame_calibrations"
+
+    frame_id: Mapped[int] = mapped_column(
+        ForeignKey("raw_frames.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[CalibrationRole] = mapped_column(
+        _str_enum(CalibrationRole, "calibration_role"), primary_key=True
+    )
+    master_id: Mapped[int] = mapped_column(ForeignKey("master_calibrations.id"), index=True)
+
+    frame: Mapped[RawFrame] = relationship(back_populates="calibrations")
+    master: Mapped[MasterCalibration] = relationship()

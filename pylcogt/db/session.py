@@ -1,0 +1,76 @@
+"""The one engine per process, and sessions made from it.
+
+SQLite connections get ``foreign_keys=ON``, WAL journalling and a busy timeout so that several
+processes can share one file; PostgreSQL connections get ``pool_pre_ping`` so that a dropped
+connection is replaced instead of failing the next query.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["get_engine", "get_sessionmaker", "dispose_engines"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_sessionmakers: dict[str, sessionmaker[Session]] = {}
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    # let SQLAlchemy, not pysqlite, decide when transactions begin (needed for BEGIN IMMEDIATE)
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _create_engine(url: str) -> Engine:
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for ``url`` (created on first use)."""
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = _create_engine(url)
+        return engine
+
+
+def get_sessionmaker(url: str) -> sessionmaker[Session]:
+    """A sessionmaker bound to :func:`get_engine` ``(url)``; objects survive commit."""
+    with _lock:
+        maker = _sessionmakers.get(url)
+    if maker is None:
+        maker = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+        with _lock:
+            _sessionmakers.setdefault(url, maker)
+    return maker
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and child processes after fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _sessionmakers.clear()

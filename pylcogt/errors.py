@@ -1,0 +1,51 @@
+"""One error hierarchy, classified by what the worker (or the CLI) should do about it.
+
+- :class:`UnprocessableFrameError`: the input itself is bad (corrupt, truncated, missing keyword,
+  unsupported OBSTYPE). Record the reason and never retry: the same bytes will fail again.
+- :class:`CalibrationNotFoundError`: a master the frame needs does not exist yet. Wait and retry
+  when a matching master is registered.
+- :class:`TransientError`: an outage (database connection lost, disk full, timeout). Retry with
+  backoff.
+- :class:`ConfigurationError`: the installation is wrong (bad URL, missing directory, unknown
+  option). Fail loudly; nothing is recorded against a frame.
+
+Anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PylcogtError",
+    "UnprocessableFrameError",
+    "CalibrationNotFoundError",
+    "TransientError",
+    "ConfigurationError",
+]
+
+
+class PylcogtError(Exception):
+    """Root of every error pylcogt raises on purpose."""
+
+
+class UnprocessableFrameError(PylcogtError):
+    """The frame's bytes or header cannot be used; fail for good with this reason.
+
+    ``path`` names the file and ``keyword`` the header keyword at fault, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, keyword: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.keyword = keyword
+
+
+class CalibrationNotFoundError(PylcogtError):
+    """No usable master calibration exists yet; retry once one is registered."""
+
+
+class TransientError(PylcogtError):
+    """A temporary failure of something outside the frame; retry with backoff."""
+
+
+class ConfigurationError(PylcogtError):
+    """pylcogt is configured wrongly; say what to change."""

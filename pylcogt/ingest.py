@@ -1,0 +1,225 @@
+"""Register raw frames in the registry, idempotently.
+
+One call, :func:`ingest_paths`, serves the CLI (``pylcogt ingest``) and archives that prefer their
+own hook. Each file is checked (complete, readable headers, required keywords, a reduced OBSTYPE)
+and recorded in its own transaction:
+
+- ``new``: first time this path is seen;
+- ``unchanged``: same path and same sha256 as registered (its row is not touched);
+- ``updated``: same path, new content: header columns refreshed, state reset to ``pending``
+  (attempts, error, product and lease cleared, the old product's provenance rows deleted);
+- ``rejected``: the file cannot be used; recorded with state ``rejected`` and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pylcogt.db import repo
+from pylcogt.db.models import FrameCalibration, FrameState, RawFrame, utcnow
+from pylcogt.errors import UnprocessableFrameError
+from pylcogt.io.raw_header import FrameMetadata, read_frame_metadata
+from pylcogt.io.scan import scan_fits, sha256_file
+
+__all__ = ["FITS_SUFFIXES", "IngestResult", "IngestReport", "iter_fits_files", "ingest_paths", "ingest_file"]
+
+log = logging.getLogger(__name__)
+
+FITS_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fit", ".fts", ".fz")
+
+
+@dataclass
+class IngestResult:
+    """What happened to one file. ``status``: new | unchanged | updated | rejected."""
+
+    path: str
+    status: str
+    frame_id: int | None = None
+    obstype: str | None = None
+    instrument: str | None = None
+    state: str | None = None
+    reason: str | None = None
+    duplicate_of: int | None = None
+
+
+@dataclass
+class IngestReport:
+    results: list[IngestResult] = field(default_factory=list)
+    ignored: int = 0
+
+    def counts(self) -> dict[str, int]:
+        out = {"new": 0, "unchanged": 0, "updated": 0, "rejected": 0}
+        for result in self.results:
+            out[result.status] += 1
+        out["ignored"] = self.ignored
+        return out
+
+    def to_json(self) -> dict:
+        return {"summary": self.counts(), "files": [asdict(r) for r in self.results]}
+
+
+def _is_fits_name(path: Path) -> bool:
+    return path.name.lower().endswith(FITS_SUFFIXES)
+
+
+def iter_fits_files(paths: Iterable[str | os.PathLike], on_ignored: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Files named on the command line as they are, and FITS-named files found recursively in
+    directories (sorted, so runs are reproducible). Other files in directories are ignored."""
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    candidate = Path(root) / name
+                    if _is_fits_name(candidate):
+                        yield candidate
+                    elif on_ignored is not None:
+                        on_ignored(candidate)
+        else:
+            yield path
+
+
+def _apply_metadata(frame: RawFrame, meta: FrameMetadata, instrument_id: int) -> None:
+    frame.obstype = meta.obstype
+    frame.instrument_id = instrument_id
+    frame.dateobs = meta.dateobs
+    frame.dayobs = meta.dayobs
+    frame.exptime_s = meta.exptime_s
+    frame.filter_name = meta.filter_name
+    frame.binning = meta.binning
+    frame.readout_mode = meta.readout_mode
+    frame.object_name = meta.object_name
+
+
+def _reset_processing(session: Session, frame: RawFrame, state: FrameState, error: str | None) -> None:
+    frame.state = state
+    frame.attempts = 0
+    frame.last_error = error
+    frame.product_path = None
+    frame.next_attempt_at = None
+    frame.lease_owner = None
+    frame.lease_expires_at = None
+    if frame.id is not None:
+        # the old product is gone with the old content: so is the record of how it was made
+        session.execute(delete(FrameCalibration).where(FrameCalibration.frame_id == frame.id))
+
+
+def _clear_metadata(frame: RawFrame) -> None:
+    for column in ("obstype", "instrument_id", "dateobs", "dayobs", "exptime_s", "filter_name",
+                   "binning", "readout_mode", "object_name"):
+        setattr(frame, column, None)
+
+
+def ingest_file(session: Session, path: Path) -> IngestResult:
+    """Register one file in ``session`` (not committed). ``path`` must exist."""
+    path = path.resolve()
+    key = str(path)
+    try:
+        checksum = sha256_file(path)
+        size = path.stat().st_size
+    except OSError as exc:
+        # unreadable: record it so that it is visible, with an empty checksum
+        checksum, size = "", 0
+        error: UnprocessableFrameError | None = UnprocessableFrameError(
+            f"{path.name}: cannot be read ({exc.strerror}); check its permissions", path=key
+        )
+    else:
+        error = None
+
+    frame = repo.frame_by_path(session, key)
+    if frame is not None and error is None and frame.checksum == checksum:
+        return _result(frame, "unchanged")
+
+    meta: FrameMetadata | None = None
+    if error is None:
+        try:
+            meta = read_frame_metadata(scan_fits(path))
+        except UnprocessableFrameError as exc:
+            error = exc
+
+    status = "new" if frame is None else "updated"
+    if frame is None:
+        frame = RawFrame(path=key, filename=path.name, lease_token=0, attempts=0)
+        session.add(frame)
+    frame.checksum = checksum
+    frame.file_size = size
+    frame.ingested_at = utcnow()
+
+    if error is not None:
+        _clear_metadata(frame)
+        _reset_processing(session, frame, FrameState.REJECTED, str(error))
+        session.flush()
+        log.warning("rejected %s: %s", key, error, extra={"frame_path": key})
+        return _result(frame, "rejected")
+
+    instrument = repo.get_or_create_instrument(session, meta)
+    _apply_metadata(frame, meta, instrument.id)
+    _reset_processing(session, frame, FrameState.PENDING, None)
+    session.flush()
+    result = _result(frame, status)
+    twins = [f for f in repo.frames_with_checksum(session, checksum) if f.id != frame.id]
+    if twins:
+        result.duplicate_of = twins[0].id
+        log.warning("%s has the same content as frame %d (%s)", key, twins[0].id, twins[0].path)
+    return result
+
+
+def _result(frame: RawFrame, status: str) -> IngestResult:
+    return IngestResult(
+        path=frame.path,
+        status=status,
+        frame_id=frame.id,
+        obstype=frame.obstype,
+        instrument=frame.instrument.camera if frame.instrument_id and frame.instrument else None,
+        state=frame.state.value,
+        reason=frame.last_error if frame.state is FrameState.REJECTED else None,
+    )
+
+
+def ingest_paths(
+    maker: sessionmaker[Session],
+    paths: Iterable[str | os.PathLike],
+    *,
+    progress: Callable[[int, IngestResult], None] | None = None,
+) -> IngestReport:
+    """Ingest files and directories (recursively); one transaction per file.
+
+    The registry must already have its schema (see :func:`pylcogt.db.migrate.ensure_schema`).
+    A file that cannot be used is recorded as ``rejected`` and the batch goes on.
+    """
+    report = IngestReport()
+
+    def ignored(_path: Path) -> None:
+        report.ignored += 1
+
+    for n, path in enumerate(iter_fits_files(paths, ignored), start=1):
+        result = _ingest_with_retry(maker, path)
+        report.results.append(result)
+        if progress is not None:
+            progress(n, result)
+    return report
+
+
+def _ingest_with_retry(maker: sessionmaker[Session], path: Path) -> IngestResult:
+    # a concurrent ingest of the same path can win the unique constraint: then redo the file,
+    # which now finds the row the other process wrote
+    for attempt in range(3):
+        with maker() as session:
+            try:
+                result = ingest_file(session, path)
+                session.commit()
+                return result
+            except IntegrityError:
+                session.rollback()
+                if attempt == 2:
+                    raise
+    raise AssertionError("unreachable")

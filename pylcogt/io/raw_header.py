@@ -1,0 +1,208 @@
+"""What ingest needs from a raw frame's headers, validated once.
+
+Keywords may sit in the primary header or in the first image extension (Sinistro MEF frames
+keep them in the primary, fpacked single-image frames in the compressed extension): the first
+header with a non-blank value wins, primary first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from astropy.io import fits
+
+from pylcogt.db.models import CameraFamily
+from pylcogt.errors import UnprocessableFrameError
+from pylcogt.instruments import FAMILY_DEFAULTS, REDUCED_OBSTYPES, family_from_camera
+from pylcogt.io.scan import FitsScan
+from pylcogt.sections import parse_section
+
+__all__ = ["FrameMetadata", "read_frame_metadata", "merged_lookup"]
+
+_BLANK = {"", "N/A", "UNKNOWN", "NONE"}
+_CCDSUM_RE = re.compile(r"^\s*(\d+)\s+(\d+)\s*$")
+_DAYOBS_RE = re.compile(r"^\d{8}$")
+
+
+@dataclass(frozen=True)
+class FrameMetadata:
+    """Header facts of one raw frame. Times are naive UTC; ``binning`` is ``'2x2'``."""
+
+    obstype: str
+    site: str
+    enclosure: str
+    telescope: str
+    telescope_name: str | None
+    camera: str
+    family: CameraFamily
+    dateobs: dt.datetime
+    dayobs: dt.date
+    exptime_s: float
+    filter_name: str
+    binning: str
+    readout_mode: str
+    object_name: str | None
+    n_amplifiers: int
+    detector_px: tuple[int, int]
+    latitude_deg: float | None
+    longitude_deg: float | None
+    height_m: float | None
+    site_name: str | None
+
+
+def merged_lookup(scan: FitsScan):
+    """A function ``get(keyword)`` returning the first non-blank value (primary first)."""
+    headers: list[fits.Header] = [scan.hdus[0].header]
+    headers += [h.image_header() for h in scan.hdus[1:] if h.kind in ("image", "compressed_image")]
+
+    def get(keyword: str):
+        for header in headers:
+            if keyword in header:
+                value = header[keyword]
+                if isinstance(value, str):
+                    value = value.strip()
+                    if value.upper() in _BLANK:
+                        continue
+                if value is None or isinstance(value, fits.card.Undefined):
+                    continue
+                return value
+        return None
+
+    return get
+
+
+def _fail(scan: FitsScan, message: str, keyword: str | None = None) -> UnprocessableFrameError:
+    return UnprocessableFrameError(f"{scan.path.name}: {message}", path=str(scan.path), keyword=keyword)
+
+
+def _required(scan: FitsScan, get, keyword: str):
+    value = get(keyword)
+    if value is None:
+        raise _fail(
+            scan,
+            f"required keyword {keyword} is missing or blank; fix the header "
+            f"(e.g. with astropy.io.fits) and ingest the file again",
+            keyword,
+        )
+    return value
+
+
+def _float(scan: FitsScan, get, keyword: str, *, required: bool = True) -> float | None:
+    value = _required(scan, get, keyword) if required else get(keyword)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _fail(scan, f"{keyword} = {value!r} is not a number", keyword) from None
+
+
+def _image_hdus(scan: FitsScan):
+    return [h for h in scan.hdus if h.kind in ("primary", "image", "compressed_image") and h.shape]
+
+
+def read_frame_metadata(scan: FitsScan) -> FrameMetadata:
+    """Validate and collect the keywords ingest needs; raise UnprocessableFrameError naming the
+    file and keyword when one is missing or malformed."""
+    get = merged_lookup(scan)
+    images = _image_hdus(scan)
+    if not images:
+        raise _fail(scan, "has no image data (every HDU is header-only or a table)")
+
+    obstype = str(_required(scan, get, "OBSTYPE")).upper()
+    if obstype not in REDUCED_OBSTYPES:
+        raise _fail(
+            scan,
+            f"OBSTYPE {obstype!r} is not reduced by pylcogt (it reduces "
+            f"{', '.join(REDUCED_OBSTYPES)}); nothing to do for this file",
+            "OBSTYPE",
+        )
+
+    camera = str(_required(scan, get, "INSTRUME")).lower()
+    family = family_from_camera(camera)
+    if family is None:
+        raise _fail(
+            scan,
+            f"INSTRUME {camera!r} is not a known camera family (fa/fl Sinistro, kb SBIG, "
+            f"fs Spectral)",
+            "INSTRUME",
+        )
+
+    raw_dateobs = str(_required(scan, get, "DATE-OBS"))
+    try:
+        dateobs = dt.datetime.fromisoformat(raw_dateobs.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(scan, f"DATE-OBS {raw_dateobs!r} is not an ISO 8601 UTC time", "DATE-OBS") from None
+    if dateobs.tzinfo is not None:
+        dateobs = dateobs.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+    raw_dayobs = str(_required(scan, get, "DAY-OBS")).strip()
+    if not _DAYOBS_RE.match(raw_dayobs):
+        raise _fail(scan, f"DAY-OBS {raw_dayobs!r} is not a night of the form YYYYMMDD", "DAY-OBS")
+    try:
+        dayobs = dt.datetime.strptime(raw_dayobs, "%Y%m%d").date()
+    except ValueError:
+        raise _fail(scan, f"DAY-OBS {raw_dayobs!r} is not a valid date", "DAY-OBS") from None
+    if abs((dateobs.date() - dayobs).days) > 1:
+        raise _fail(
+            scan, f"DAY-OBS {raw_dayobs} is more than a day from DATE-OBS {raw_dateobs}", "DAY-OBS"
+        )
+
+    exptime = _float(scan, get, "EXPTIME")
+    if exptime < 0 or (obstype != "BIAS" and exptime <= 0):
+        raise _fail(scan, f"EXPTIME = {exptime} s is not valid for a {obstype} frame", "EXPTIME")
+
+    filter_value = get("FILTER")
+    if filter_value is None and obstype in ("SKYFLAT", "EXPOSE", "STANDARD"):
+        raise _fail(scan, f"FILTER is missing; a {obstype} frame needs its filter", "FILTER")
+    filter_name = str(filter_value) if filter_value is not None else ""
+
+    ccdsum = str(_required(scan, get, "CCDSUM"))
+    match = _CCDSUM_RE.match(ccdsum)
+    if match is None:
+        raise _fail(scan, f"CCDSUM {ccdsum!r} is not of the form '2 2'", "CCDSUM")
+    xbin, ybin = int(match.group(1)), int(match.group(2))
+
+    defaults = FAMILY_DEFAULTS[family]
+    if family is CameraFamily.SINISTRO:
+        n_amps = len(images) if len(images) > 1 else (images[0].shape[0] if len(images[0].shape) == 3 else 1)
+        detector_px = defaults.detector_px
+    else:
+        n_amps = 1
+        try:
+            datasec = parse_section(get("DATASEC") or "")
+        except ValueError as exc:
+            raise _fail(scan, f"DATASEC: {exc}", "DATASEC") from None
+        if datasec is not None:
+            detector_px = (datasec.nx * xbin, datasec.ny * ybin)
+        else:
+            ny, nx = images[0].shape[-2:]
+            detector_px = (nx * xbin, ny * ybin)
+
+    readout_mode = str(get("CONFMODE") or "")
+    telescope_name = get("TELESCOP")
+    object_name = get("OBJECT")
+    return FrameMetadata(
+        obstype=obstype,
+        site=str(_required(scan, get, "SITEID")).lower(),
+        enclosure=str(_required(scan, get, "ENCID")).lower(),
+        telescope=str(_required(scan, get, "TELID")).lower(),
+        telescope_name=str(telescope_name) if telescope_name is not None else None,
+        camera=camera,
+        family=family,
+        dateobs=dateobs,
+        dayobs=dayobs,
+        exptime_s=float(exptime),
+        filter_name=filter_name,
+        binning=f"{xbin}x{ybin}",
+        readout_mode=readout_mode,
+        object_name=str(object_name)[:128] if object_name is not None else None,
+        n_amplifiers=int(n_amps),
+        detector_px=(int(detector_px[0]), int(detector_px[1])),
+        latitude_deg=_float(scan, get, "LATITUDE", required=False),
+        longitude_deg=_float(scan, get, "LONGITUD", required=False),
+        height_m=_float(scan, get, "HEIGHT", required=False),
+        site_name=str(get("SITE"))[:128] if get("SITE") is not None else None,
+    )
