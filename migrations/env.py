@@ -7,7 +7,6 @@ SQLite; ``compare_type`` makes ``alembic check`` see column type changes.
 
 from alembic import context
 
-
 from pylcogt.config import load_settings
 from pylcogt.db.models import Base
 from pylcogt.db.session import get_engine
@@ -51,7 +50,6 @@ def _run(connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
-
 
 
 if context.is_offline_mode():

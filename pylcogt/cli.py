@@ -56,11 +56,21 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("(none)")
         return
-    text = [[("" if r.get(c) is None else str(_jsonable(r[c]) if not isinstance(r[c], (str, int, float)) else r[c])) for c in columns] for r in rows]
+    text = [
+        [
+            (
+                ""
+                if r.get(c) is None
+                else str(_jsonable(r[c]) if not isinstance(r[c], (str, int, float)) else r[c])
+            )
+            for c in columns
+        ]
+        for r in rows
+    ]
     widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for t in text:
-        print("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)).rstrip())
 
 
 def _stderr_progress(enabled: bool):
@@ -69,7 +79,7 @@ def _stderr_progress(enabled: bool):
         return None, lambda: None
 
     def show(text: str) -> None:
-        sys.stderr.write("\r\033[K" + text[: 150])
+        sys.stderr.write("\r\033[K" + text[:150])
         sys.stderr.flush()
 
     def done() -> None:
@@ -123,18 +133,26 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.db_command == "current":
         current, head = migrate.current_revision(url), migrate.head_revision()
-        result = {"database": settings.safe_database_url, "current": current, "head": head,
-                  "up_to_date": current == head}
+        result = {
+            "database": settings.safe_database_url,
+            "current": current,
+            "head": head,
+            "up_to_date": current == head,
+        }
         if args.json:
             _print_json(result)
         else:
             state = "up to date" if current == head else "run `pylcogt db upgrade`"
-            print(f"{settings.safe_database_url}: revision {current or 'none'} (head {head}, {state})")
+            print(
+                f"{settings.safe_database_url}: revision {current or 'none'} (head {head}, {state})"
+            )
         return 0
     # check
     diffs = migrate.schema_differences(url)
     if args.json:
-        _print_json({"database": settings.safe_database_url, "differences": [str(d) for d in diffs]})
+        _print_json(
+            {"database": settings.safe_database_url, "differences": [str(d) for d in diffs]}
+        )
     elif diffs:
         print("the database schema differs from the models:")
         for diff in diffs:
@@ -200,17 +218,37 @@ def cmd_frames(args: argparse.Namespace, settings: Settings) -> int:
     from pylcogt.db import repo
 
     with _maker(settings)() as session:
-        frames = repo.list_frames(session, state=args.state, obstype=args.obstype,
-                                  instrument=args.instrument, night=args.night, limit=args.limit)
+        frames = repo.list_frames(
+            session,
+            state=args.state,
+            obstype=args.obstype,
+            instrument=args.instrument,
+            night=args.night,
+            limit=args.limit,
+        )
         rows = [_frame_row(f) for f in frames]
     if args.json:
         _print_json(rows)
     else:
         for row in rows:
             row["file"] = Path(row["path"]).name
-            row["dateobs"] = row["dateobs"].isoformat(timespec="seconds") if row["dateobs"] else None
-        columns = ["id", "file", "obstype", "instrument", "site", "dayobs", "dateobs", "filter",
-                   "binning", "exptime", "state", "error"]
+            row["dateobs"] = (
+                row["dateobs"].isoformat(timespec="seconds") if row["dateobs"] else None
+            )
+        columns = [
+            "id",
+            "file",
+            "obstype",
+            "instrument",
+            "site",
+            "dayobs",
+            "dateobs",
+            "filter",
+            "binning",
+            "exptime",
+            "state",
+            "error",
+        ]
         _print_table(rows, columns)
     return 0
 
@@ -238,8 +276,21 @@ def cmd_instruments(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(rows)
     else:
-        _print_table(rows, ["id", "site", "enclosure", "telescope", "camera", "family", "nx", "ny",
-                            "n_amplifiers", "n_frames"])
+        _print_table(
+            rows,
+            [
+                "id",
+                "site",
+                "enclosure",
+                "telescope",
+                "camera",
+                "family",
+                "nx",
+                "ny",
+                "n_amplifiers",
+                "n_frames",
+            ],
+        )
     return 0
 
 
@@ -254,10 +305,19 @@ def _simulate(args: argparse.Namespace, outdir: Path):
 
     try:
         return simulate_night(
-            outdir, camera=args.camera, size=args.size, seed=args.seed, dayobs=args.night,
-            site=args.site, n_bias=args.n_bias, n_dark=args.n_dark, n_flat=args.n_flat,
-            n_science=args.n_science, filters=tuple(args.filters.split(",")),
-            compress=args.compress, progress=progress,
+            outdir,
+            camera=args.camera,
+            size=args.size,
+            seed=args.seed,
+            dayobs=args.night,
+            site=args.site,
+            n_bias=args.n_bias,
+            n_dark=args.n_dark,
+            n_flat=args.n_flat,
+            n_science=args.n_science,
+            filters=tuple(args.filters.split(",")),
+            compress=args.compress,
+            progress=progress,
         )
     finally:
         done()
@@ -265,13 +325,20 @@ def _simulate(args: argparse.Namespace, outdir: Path):
 
 def cmd_simulate(args: argparse.Namespace, _settings: Settings) -> int:
     night = _simulate(args, Path(args.outdir))
-    result = {"outdir": night.outdir, "camera": night.camera, "instrument": night.instrument,
-              "files": [str(f) for f in night.files], "truth": night.truth_path}
+    result = {
+        "outdir": night.outdir,
+        "camera": night.camera,
+        "instrument": night.instrument,
+        "files": [str(f) for f in night.files],
+        "truth": night.truth_path,
+    }
     if args.json:
         _print_json(result)
     else:
-        print(f"wrote {len(night.files)} raw {night.camera} frames ({night.instrument}) and "
-              f"{night.truth_path.name} to {night.outdir}")
+        print(
+            f"wrote {len(night.files)} raw {night.camera} frames ({night.instrument}) and "
+            f"{night.truth_path.name} to {night.outdir}"
+        )
     return 0
 
 
@@ -284,14 +351,20 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     maker = _maker(settings)
     report = ingest_paths(maker, [outdir])
     counts = report.counts()
-    result = {"database": settings.safe_database_url, "raw_dir": outdir,
-              "frames": len(night.files), "ingest": counts}
+    result = {
+        "database": settings.safe_database_url,
+        "raw_dir": outdir,
+        "frames": len(night.files),
+        "ingest": counts,
+    }
     if args.json:
         _print_json(result)
     else:
         print(f"simulated {len(night.files)} {night.camera} frames in {outdir}")
-        print(f"ingested into {settings.safe_database_url}: "
-              + ", ".join(f"{counts[k]} {k}" for k in ("new", "unchanged", "updated", "rejected")))
+        print(
+            f"ingested into {settings.safe_database_url}: "
+            + ", ".join(f"{counts[k]} {k}" for k in ("new", "unchanged", "updated", "rejected"))
+        )
         print("next: `pylcogt frames list` and `pylcogt instruments list` show the registry")
     return 0
 
@@ -302,33 +375,84 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     default = argparse.SUPPRESS if suppress else None
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("configuration")
-    group.add_argument("--database-url", metavar="URL", default=default,
-                       help=f"registry database (env {DATABASE_URL_ENV}; default sqlite:///pylcogt.db)")
-    group.add_argument("--data-dir", metavar="DIR", default=default,
-                       help=f"where products and masters are written (env {DATA_DIR_ENV}; default ./pylcogt-data)")
-    group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
-                       help="more log output on stderr (-vv for debug)")
-    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS if suppress else False,
-                       help="only errors on stderr; no progress display")
+    group.add_argument(
+        "--database-url",
+        metavar="URL",
+        default=default,
+        help=f"registry database (env {DATABASE_URL_ENV}; default sqlite:///pylcogt.db)",
+    )
+    group.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=default,
+        help=f"where products and masters are written (env {DATA_DIR_ENV}; default ./pylcogt-data)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if suppress else 0,
+        help="more log output on stderr (-vv for debug)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="only errors on stderr; no progress display",
+    )
     return parent
 
 
-def _add_simulation_options(parser: argparse.ArgumentParser, *, size: int | None, n_bias: int) -> None:
-    parser.add_argument("--camera", choices=["sinistro", "sbig", "spectral"], default="sinistro",
-                        help="camera family to simulate (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=size,
-                        help="light-sensitive detector width in unbinned pixels (default: "
-                        + ("4096, the real size" if size is None else str(size)) + ")")
+def _add_simulation_options(
+    parser: argparse.ArgumentParser, *, size: int | None, n_bias: int
+) -> None:
+    parser.add_argument(
+        "--camera",
+        choices=["sinistro", "sbig", "spectral"],
+        default="sinistro",
+        help="camera family to simulate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=size,
+        help="light-sensitive detector width in unbinned pixels (default: "
+        + ("4096, the real size" if size is None else str(size))
+        + ")",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
-    parser.add_argument("--night", default="20261128", help="DAY-OBS, YYYYMMDD (default: %(default)s)")
+    parser.add_argument(
+        "--night", default="20261128", help="DAY-OBS, YYYYMMDD (default: %(default)s)"
+    )
     parser.add_argument("--site", default="lsc", help="SITEID (default: %(default)s)")
-    parser.add_argument("--n-bias", type=int, default=n_bias, help="biases per set, afternoon and morning (default: %(default)s)")
-    parser.add_argument("--n-dark", type=int, default=3, help="darks per set (default: %(default)s)")
-    parser.add_argument("--n-flat", type=int, default=3, help="sky flats per twilight and filter (default: %(default)s)")
-    parser.add_argument("--n-science", type=int, default=3, help="science frames per filter (default: %(default)s)")
-    parser.add_argument("--filters", default="rp,V", help="comma-separated filters (default: %(default)s)")
-    parser.add_argument("--compress", choices=["none", "fz", "gz"], default="none",
-                        help="write .fits, tile-compressed .fits.fz or .fits.gz (default: %(default)s)")
+    parser.add_argument(
+        "--n-bias",
+        type=int,
+        default=n_bias,
+        help="biases per set, afternoon and morning (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--n-dark", type=int, default=3, help="darks per set (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--n-flat",
+        type=int,
+        default=3,
+        help="sky flats per twilight and filter (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--n-science", type=int, default=3, help="science frames per filter (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--filters", default="rp,V", help="comma-separated filters (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--compress",
+        choices=["none", "fz", "gz"],
+        default="none",
+        help="write .fits, tile-compressed .fits.fz or .fits.gz (default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,36 +468,60 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=description or help_text,
-                              parents=[common], epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=description or help_text,
+            parents=[common],
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     db = add("db", "manage the registry schema (alembic migrations shipped with pylcogt)")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    p = db_sub.add_parser("upgrade", help="bring the database to the newest schema (idempotent)", parents=[common])
+    p = db_sub.add_parser(
+        "upgrade", help="bring the database to the newest schema (idempotent)", parents=[common]
+    )
     p.add_argument("--revision", default="head", help="target revision (default: head)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p = db_sub.add_parser("downgrade", help="go back to an older schema revision ('base' empties it)", parents=[common])
+    p = db_sub.add_parser(
+        "downgrade",
+        help="go back to an older schema revision ('base' empties it)",
+        parents=[common],
+    )
     p.add_argument("revision", help="target revision, e.g. base or -1")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = db_sub.add_parser("current", help="show the database's schema revision", parents=[common])
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p = db_sub.add_parser("check", help="compare the database with the models (exit 1 if they differ)", parents=[common])
+    p = db_sub.add_parser(
+        "check",
+        help="compare the database with the models (exit 1 if they differ)",
+        parents=[common],
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
-    p = add("ingest", "register raw frames (files or directories, recursively)",
-            "Register raw frames. Files are checked for completeness and required keywords; "
-            "unusable ones are recorded as 'rejected' with the reason. Re-ingesting an unchanged "
-            "file changes nothing; a file whose content changed is re-registered and reset to pending. "
-            "Directories are searched recursively for *.fits, *.fits.fz and *.fits.gz.")
+    p = add(
+        "ingest",
+        "register raw frames (files or directories, recursively)",
+        "Register raw frames. Files are checked for completeness and required keywords; "
+        "unusable ones are recorded as 'rejected' with the reason. Re-ingesting an unchanged "
+        "file changes nothing; a file whose content changed is re-registered and reset to pending. "
+        "Directories are searched recursively for *.fits, *.fits.fz and *.fits.gz.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="raw frame files or directories")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object: {summary: {new, unchanged, updated, rejected, ignored}, files: [...]}")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: {summary: {new, unchanged, updated, rejected, ignored},"
+        " files: [...]}",
+    )
 
     frames = add("frames", "list registered raw frames")
     f_sub = frames.add_subparsers(dest="frames_command", required=True, metavar="ACTION")
     p = f_sub.add_parser("list", help="list raw frames, oldest first", parents=[common])
-    p.add_argument("--state", choices=[s.value for s in FrameState], help="only frames in this state")
+    p.add_argument(
+        "--state", choices=[s.value for s in FrameState], help="only frames in this state"
+    )
     p.add_argument("--obstype", help="only this OBSTYPE (BIAS, DARK, SKYFLAT, EXPOSE, STANDARD)")
     p.add_argument("--instrument", help="only this camera, e.g. fa15")
     p.add_argument("--night", type=_parse_night, help="only this DAY-OBS (YYYYMMDD)")
@@ -383,21 +531,29 @@ def build_parser() -> argparse.ArgumentParser:
     inst = add("instruments", "list instruments (created automatically on ingest)")
     i_sub = inst.add_subparsers(dest="instruments_command", required=True, metavar="ACTION")
     p = i_sub.add_parser("list", help="list instruments with their frame counts", parents=[common])
-    p.add_argument("--json", action="store_true", help="print a JSON array, one object per instrument")
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON array, one object per instrument"
+    )
 
-    p = add("simulate", "write a realistic simulated night of raw frames",
-            "Write a night of raw frames in the LCO format (bias and dark sets in the afternoon "
-            "and morning, twilight sky flats in each filter, science exposures) with known bias "
-            "structure, read noise, dark current, flat pattern, bad pixels, stars, sky and cosmic "
-            "rays, plus truth.json and truth_maps.npz. Seeded: the same options give the same bytes.")
+    p = add(
+        "simulate",
+        "write a realistic simulated night of raw frames",
+        "Write a night of raw frames in the LCO format (bias and dark sets in the afternoon "
+        "and morning, twilight sky flats in each filter, science exposures) with known bias "
+        "structure, read noise, dark current, flat pattern, bad pixels, stars, sky and cosmic "
+        "rays, plus truth.json and truth_maps.npz. Seeded: the same options give the same bytes.",
+    )
     p.add_argument("outdir", help="directory to write into (created if needed)")
     _add_simulation_options(p, size=None, n_bias=5)
     p.add_argument("--json", action="store_true", help="print a JSON object listing the files")
 
-    p = add("demo", "simulate a small night and ingest it into the configured registry",
-            "The main job on the embedded default: simulate a night (Sinistro, 1024x1024 by "
-            "default) into DIR/raw and ingest it into the registry (by default an SQLite file in "
-            "the current directory). Running it again changes nothing.")
+    p = add(
+        "demo",
+        "simulate a small night and ingest it into the configured registry",
+        "The main job on the embedded default: simulate a night (Sinistro, 1024x1024 by "
+        "default) into DIR/raw and ingest it into the registry (by default an SQLite file in "
+        "the current directory). Running it again changes nothing.",
+    )
     p.add_argument("--dir", default="pylcogt-demo", help="working directory (default: %(default)s)")
     _add_simulation_options(p, size=1024, n_bias=5)
     p.add_argument("--json", action="store_true", help="print a JSON object")
@@ -415,9 +571,12 @@ COMMANDS = {
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = (
+        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    )
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if verbose < 2:
         logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
@@ -434,8 +593,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OperationalError as exc:
         url = load_settings(args.database_url, args.data_dir).safe_database_url
-        print(f"pylcogt: error: cannot use the database {url}: {exc.orig}; check that the "
-              f"server is running and the URL is right", file=sys.stderr)
+        print(
+            f"pylcogt: error: cannot use the database {url}: {exc.orig}; check that the "
+            f"server is running and the URL is right",
+            file=sys.stderr,
+        )
         return 3
     except PylcogtError as exc:
         print(f"pylcogt: error: {exc}", file=sys.stderr)

@@ -69,7 +69,9 @@ def _check_url(url: str) -> str:
     return url
 
 
-def load_settings(database_url: str | None = None, data_dir: str | os.PathLike | None = None) -> Settings:
+def load_settings(
+    database_url: str | None = None, data_dir: str | os.PathLike | None = None
+) -> Settings:
     """Resolve settings from explicit values, then the environment, then the defaults."""
     url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{DEFAULT_SQLITE_NAME}"
     directory = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR_NAME

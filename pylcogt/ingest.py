@@ -29,7 +29,14 @@ from pylcogt.errors import UnprocessableFrameError
 from pylcogt.io.raw_header import FrameMetadata, read_frame_metadata
 from pylcogt.io.scan import scan_fits, sha256_file
 
-__all__ = ["FITS_SUFFIXES", "IngestResult", "IngestReport", "iter_fits_files", "ingest_paths", "ingest_file"]
+__all__ = [
+    "FITS_SUFFIXES",
+    "IngestResult",
+    "IngestReport",
+    "iter_fits_files",
+    "ingest_paths",
+    "ingest_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +77,9 @@ def _is_fits_name(path: Path) -> bool:
     return path.name.lower().endswith(FITS_SUFFIXES)
 
 
-def iter_fits_files(paths: Iterable[str | os.PathLike], on_ignored: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def iter_fits_files(
+    paths: Iterable[str | os.PathLike], on_ignored: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
     """Files named on the command line as they are, and FITS-named files found recursively in
     directories (sorted, so runs are reproducible). Other files in directories are ignored."""
     for given in paths:
@@ -100,7 +109,9 @@ def _apply_metadata(frame: RawFrame, meta: FrameMetadata, instrument_id: int) ->
     frame.object_name = meta.object_name
 
 
-def _reset_processing(session: Session, frame: RawFrame, state: FrameState, error: str | None) -> None:
+def _reset_processing(
+    session: Session, frame: RawFrame, state: FrameState, error: str | None
+) -> None:
     frame.state = state
     frame.attempts = 0
     frame.last_error = error
@@ -114,8 +125,17 @@ def _reset_processing(session: Session, frame: RawFrame, state: FrameState, erro
 
 
 def _clear_metadata(frame: RawFrame) -> None:
-    for column in ("obstype", "instrument_id", "dateobs", "dayobs", "exptime_s", "filter_name",
-                   "binning", "readout_mode", "object_name"):
+    for column in (
+        "obstype",
+        "instrument_id",
+        "dateobs",
+        "dayobs",
+        "exptime_s",
+        "filter_name",
+        "binning",
+        "readout_mode",
+        "object_name",
+    ):
         setattr(frame, column, None)
 
 
@@ -146,10 +166,15 @@ def ingest_file(session: Session, path: Path) -> IngestResult:
         except UnprocessableFrameError as exc:
             error = exc
 
+    # look up (or create) the instrument before the frame joins the session, so that no
+    # half-filled frame row is flushed by the lookup
+    instrument = repo.get_or_create_instrument(session, meta) if error is None else None
+
     status = "new" if frame is None else "updated"
     if frame is None:
-        frame = RawFrame(path=key, filename=path.name, lease_token=0, attempts=0)
-        session.add(frame)
+        frame = RawFrame(
+            path=key, filename=path.name, lease_token=0, attempts=0, state=FrameState.PENDING
+        )
     frame.checksum = checksum
     frame.file_size = size
     frame.ingested_at = utcnow()
@@ -157,13 +182,14 @@ def ingest_file(session: Session, path: Path) -> IngestResult:
     if error is not None:
         _clear_metadata(frame)
         _reset_processing(session, frame, FrameState.REJECTED, str(error))
+        session.add(frame)
         session.flush()
         log.warning("rejected %s: %s", key, error, extra={"frame_path": key})
         return _result(frame, "rejected")
 
-    instrument = repo.get_or_create_instrument(session, meta)
     _apply_metadata(frame, meta, instrument.id)
     _reset_processing(session, frame, FrameState.PENDING, None)
+    session.add(frame)
     session.flush()
     result = _result(frame, status)
     twins = [f for f in repo.frames_with_checksum(session, checksum) if f.id != frame.id]

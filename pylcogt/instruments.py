@@ -10,8 +10,14 @@ from dataclasses import dataclass
 
 from pylcogt.db.models import CameraFamily
 
-__all__ = ["FamilyDefaults", "FAMILY_DEFAULTS", "family_from_camera", "SCIENCE_OBSTYPES",
-           "CALIBRATION_OBSTYPES", "REDUCED_OBSTYPES"]
+__all__ = [
+    "FamilyDefaults",
+    "FAMILY_DEFAULTS",
+    "family_from_camera",
+    "SCIENCE_OBSTYPES",
+    "CALIBRATION_OBSTYPES",
+    "REDUCED_OBSTYPES",
+]
 
 CALIBRATION_OBSTYPES = ("BIAS", "DARK", "SKYFLAT")
 SCIENCE_OBSTYPES = ("EXPOSE", "STANDARD")
@@ -34,7 +40,9 @@ class FamilyDefaults:
 
 
 FAMILY_DEFAULTS: dict[CameraFamily, FamilyDefaults] = {
-    CameraFamily.SINISTRO: FamilyDefaults(CameraFamily.SINISTRO, ("fa", "fl"), 4, (4096, 4096), 47500.0),
+    CameraFamily.SINISTRO: FamilyDefaults(
+        CameraFamily.SINISTRO, ("fa", "fl"), 4, (4096, 4096), 47500.0
+    ),
     CameraFamily.SBIG: FamilyDefaults(CameraFamily.SBIG, ("kb",), 1, (4096, 4096), 46000.0),
     CameraFamily.SPECTRAL: FamilyDefaults(CameraFamily.SPECTRAL, ("fs",), 1, (4096, 4096), 60000.0),
 }

@@ -66,7 +66,9 @@ def postgres_admin_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def _postgres_admin_engine(postgres_admin_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    engine = sa.create_engine(
+        postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
     yield engine
     engine.dispose()
 

@@ -83,8 +83,19 @@ class TempPostgres:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        self._pg("pg_ctl", "-D", data, "-l", str(self.dir / "server.log"), "-o", options, "-w",
-                 "-t", "60", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            data,
+            "-l",
+            str(self.dir / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         return self
 
     def stop(self) -> None:

@@ -173,7 +173,9 @@ class RawFrame(Base):
         # worker polling: next frames in a state, oldest night first
         Index("ix_raw_frames_poll", "state", "dayobs", "next_attempt_at"),
         # calibration groups: a night's frames of one type on one instrument
-        Index("ix_raw_frames_group", "instrument_id", "dayobs", "obstype", "binning", "filter_name"),
+        Index(
+            "ix_raw_frames_group", "instrument_id", "dayobs", "obstype", "binning", "filter_name"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -74,7 +74,9 @@ def merged_lookup(scan: FitsScan):
 
 
 def _fail(scan: FitsScan, message: str, keyword: str | None = None) -> UnprocessableFrameError:
-    return UnprocessableFrameError(f"{scan.path.name}: {message}", path=str(scan.path), keyword=keyword)
+    return UnprocessableFrameError(
+        f"{scan.path.name}: {message}", path=str(scan.path), keyword=keyword
+    )
 
 
 def _required(scan: FitsScan, get, keyword: str):
@@ -134,7 +136,9 @@ def read_frame_metadata(scan: FitsScan) -> FrameMetadata:
     try:
         dateobs = dt.datetime.fromisoformat(raw_dateobs.replace("Z", "+00:00"))
     except ValueError:
-        raise _fail(scan, f"DATE-OBS {raw_dateobs!r} is not an ISO 8601 UTC time", "DATE-OBS") from None
+        raise _fail(
+            scan, f"DATE-OBS {raw_dateobs!r} is not an ISO 8601 UTC time", "DATE-OBS"
+        ) from None
     if dateobs.tzinfo is not None:
         dateobs = dateobs.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
@@ -167,7 +171,11 @@ def read_frame_metadata(scan: FitsScan) -> FrameMetadata:
 
     defaults = FAMILY_DEFAULTS[family]
     if family is CameraFamily.SINISTRO:
-        n_amps = len(images) if len(images) > 1 else (images[0].shape[0] if len(images[0].shape) == 3 else 1)
+        n_amps = (
+            len(images)
+            if len(images) > 1
+            else (images[0].shape[0] if len(images[0].shape) == 3 else 1)
+        )
         detector_px = defaults.detector_px
     else:
         n_amps = 1

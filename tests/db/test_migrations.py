@@ -17,11 +17,21 @@ def _schema(url: str) -> dict:
         if table == "alembic_version":
             continue
         out[table] = {
-            "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(table)),
-            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(table)),
-            "unique": sorted((u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(table)),
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(table)
+            ),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in insp.get_indexes(table)
+            ),
+            "unique": sorted(
+                (u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(table)
+            ),
             "checks": sorted(c["name"] for c in insp.get_check_constraints(table)),
-            "fks": sorted((f["name"], tuple(f["constrained_columns"]), f["referred_table"]) for f in insp.get_foreign_keys(table)),
+            "fks": sorted(
+                (f["name"], tuple(f["constrained_columns"]), f["referred_table"])
+                for f in insp.get_foreign_keys(table)
+            ),
             "pk": insp.get_pk_constraint(table)["name"],
         }
     return out

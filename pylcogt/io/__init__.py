@@ -1,0 +1,1 @@
+"""FITS reading and writing; the only package that touches files."""
