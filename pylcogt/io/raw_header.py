@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from astropy.io import fits
 
@@ -19,7 +21,7 @@ from pylcogt.instruments import FAMILY_DEFAULTS, REDUCED_OBSTYPES, family_from_c
 from pylcogt.io.scan import FitsScan
 from pylcogt.sections import parse_section
 
-__all__ = ["FrameMetadata", "read_frame_metadata", "merged_lookup"]
+__all__ = ["FrameMetadata", "read_frame_metadata", "metadata_from_headers", "merged_lookup"]
 
 _BLANK = {"", "N/A", "UNKNOWN", "NONE"}
 _CCDSUM_RE = re.compile(r"^\s*(\d+)\s+(\d+)\s*$")
@@ -52,10 +54,8 @@ class FrameMetadata:
     site_name: str | None
 
 
-def merged_lookup(scan: FitsScan):
-    """A function ``get(keyword)`` returning the first non-blank value (primary first)."""
-    headers: list[fits.Header] = [scan.hdus[0].header]
-    headers += [h.image_header() for h in scan.hdus[1:] if h.kind in ("image", "compressed_image")]
+def merged_lookup(headers: Sequence[fits.Header]):
+    """A function ``get(keyword)`` returning the first non-blank value, in ``headers`` order."""
 
     def get(keyword: str):
         for header in headers:
@@ -73,17 +73,15 @@ def merged_lookup(scan: FitsScan):
     return get
 
 
-def _fail(scan: FitsScan, message: str, keyword: str | None = None) -> UnprocessableFrameError:
-    return UnprocessableFrameError(
-        f"{scan.path.name}: {message}", path=str(scan.path), keyword=keyword
-    )
+def _fail(path: Path, message: str, keyword: str | None = None) -> UnprocessableFrameError:
+    return UnprocessableFrameError(f"{path.name}: {message}", path=str(path), keyword=keyword)
 
 
-def _required(scan: FitsScan, get, keyword: str):
+def _required(path: Path, get, keyword: str):
     value = get(keyword)
     if value is None:
         raise _fail(
-            scan,
+            path,
             f"required keyword {keyword} is missing or blank; fix the header "
             f"(e.g. with astropy.io.fits) and ingest the file again",
             keyword,
@@ -91,102 +89,109 @@ def _required(scan: FitsScan, get, keyword: str):
     return value
 
 
-def _float(scan: FitsScan, get, keyword: str, *, required: bool = True) -> float | None:
-    value = _required(scan, get, keyword) if required else get(keyword)
+def _float(path: Path, get, keyword: str, *, required: bool = True) -> float | None:
+    value = _required(path, get, keyword) if required else get(keyword)
     if value is None:
         return None
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise _fail(scan, f"{keyword} = {value!r} is not a number", keyword) from None
-
-
-def _image_hdus(scan: FitsScan):
-    return [h for h in scan.hdus if h.kind in ("primary", "image", "compressed_image") and h.shape]
+        raise _fail(path, f"{keyword} = {value!r} is not a number", keyword) from None
 
 
 def read_frame_metadata(scan: FitsScan) -> FrameMetadata:
     """Validate and collect the keywords ingest needs; raise UnprocessableFrameError naming the
     file and keyword when one is missing or malformed."""
-    get = merged_lookup(scan)
-    images = _image_hdus(scan)
-    if not images:
-        raise _fail(scan, "has no image data (every HDU is header-only or a table)")
+    headers = [scan.hdus[0].header]
+    headers += [h.image_header() for h in scan.hdus[1:] if h.kind in ("image", "compressed_image")]
+    shapes = [
+        h.shape for h in scan.hdus if h.kind in ("primary", "image", "compressed_image") and h.shape
+    ]
+    return metadata_from_headers(scan.path, headers, shapes)
 
-    obstype = str(_required(scan, get, "OBSTYPE")).upper()
+
+def metadata_from_headers(
+    path: Path, headers: Sequence[fits.Header], image_shapes: Sequence[tuple[int, ...]]
+) -> FrameMetadata:
+    """:func:`read_frame_metadata` on headers already read: the primary header first, then the
+    image extensions' headers; ``image_shapes`` are the numpy shapes of the HDUs with pixels."""
+    get = merged_lookup(headers)
+    images = list(image_shapes)
+    if not images:
+        raise _fail(path, "has no image data (every HDU is header-only or a table)")
+
+    obstype = str(_required(path, get, "OBSTYPE")).upper()
     if obstype not in REDUCED_OBSTYPES:
         raise _fail(
-            scan,
+            path,
             f"OBSTYPE {obstype!r} is not reduced by pylcogt (it reduces "
             f"{', '.join(REDUCED_OBSTYPES)}); nothing to do for this file",
             "OBSTYPE",
         )
 
-    camera = str(_required(scan, get, "INSTRUME")).lower()
+    camera = str(_required(path, get, "INSTRUME")).lower()
     family = family_from_camera(camera)
     if family is None:
         raise _fail(
-            scan,
+            path,
             f"INSTRUME {camera!r} is not a known camera family (fa/fl Sinistro, kb SBIG, "
             f"fs Spectral)",
             "INSTRUME",
         )
 
-    raw_dateobs = str(_required(scan, get, "DATE-OBS"))
+    raw_dateobs = str(_required(path, get, "DATE-OBS"))
     try:
         dateobs = dt.datetime.fromisoformat(raw_dateobs.replace("Z", "+00:00"))
     except ValueError:
         raise _fail(
-            scan, f"DATE-OBS {raw_dateobs!r} is not an ISO 8601 UTC time", "DATE-OBS"
+            path, f"DATE-OBS {raw_dateobs!r} is not an ISO 8601 UTC time", "DATE-OBS"
         ) from None
     if dateobs.tzinfo is not None:
         dateobs = dateobs.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
-    raw_dayobs = str(_required(scan, get, "DAY-OBS")).strip()
+    raw_dayobs = str(_required(path, get, "DAY-OBS")).strip()
     if not _DAYOBS_RE.match(raw_dayobs):
-        raise _fail(scan, f"DAY-OBS {raw_dayobs!r} is not a night of the form YYYYMMDD", "DAY-OBS")
+        raise _fail(path, f"DAY-OBS {raw_dayobs!r} is not a night of the form YYYYMMDD", "DAY-OBS")
     try:
         dayobs = dt.datetime.strptime(raw_dayobs, "%Y%m%d").date()
     except ValueError:
-        raise _fail(scan, f"DAY-OBS {raw_dayobs!r} is not a valid date", "DAY-OBS") from None
+        raise _fail(path, f"DAY-OBS {raw_dayobs!r} is not a valid date", "DAY-OBS") from None
     if abs((dateobs.date() - dayobs).days) > 1:
         raise _fail(
-            scan, f"DAY-OBS {raw_dayobs} is more than a day from DATE-OBS {raw_dateobs}", "DAY-OBS"
+            path, f"DAY-OBS {raw_dayobs} is more than a day from DATE-OBS {raw_dateobs}", "DAY-OBS"
         )
 
-    exptime = _float(scan, get, "EXPTIME")
+    exptime = _float(path, get, "EXPTIME")
     if exptime < 0 or (obstype != "BIAS" and exptime <= 0):
-        raise _fail(scan, f"EXPTIME = {exptime} s is not valid for a {obstype} frame", "EXPTIME")
+        raise _fail(path, f"EXPTIME = {exptime} s is not valid for a {obstype} frame", "EXPTIME")
 
     filter_value = get("FILTER")
     if filter_value is None and obstype in ("SKYFLAT", "EXPOSE", "STANDARD"):
-        raise _fail(scan, f"FILTER is missing; a {obstype} frame needs its filter", "FILTER")
+        raise _fail(path, f"FILTER is missing; a {obstype} frame needs its filter", "FILTER")
     filter_name = str(filter_value) if filter_value is not None else ""
 
-    ccdsum = str(_required(scan, get, "CCDSUM"))
+    ccdsum = str(_required(path, get, "CCDSUM"))
     match = _CCDSUM_RE.match(ccdsum)
     if match is None:
-        raise _fail(scan, f"CCDSUM {ccdsum!r} is not of the form '2 2'", "CCDSUM")
+        raise _fail(path, f"CCDSUM {ccdsum!r} is not of the form '2 2'", "CCDSUM")
     xbin, ybin = int(match.group(1)), int(match.group(2))
 
     defaults = FAMILY_DEFAULTS[family]
     if family is CameraFamily.SINISTRO:
-        n_amps = (
-            len(images)
-            if len(images) > 1
-            else (images[0].shape[0] if len(images[0].shape) == 3 else 1)
-        )
+        # MEF: one image extension per amplifier; a legacy cube (or a shrunk test file) holds
+        # the amplifiers in one HDU: the family's count applies
+        n_amps = len(images) if len(images) > 1 else defaults.n_amplifiers
         detector_px = defaults.detector_px
     else:
         n_amps = 1
         try:
             datasec = parse_section(get("DATASEC") or "")
         except ValueError as exc:
-            raise _fail(scan, f"DATASEC: {exc}", "DATASEC") from None
+            raise _fail(path, f"DATASEC: {exc}", "DATASEC") from None
         if datasec is not None:
             detector_px = (datasec.nx * xbin, datasec.ny * ybin)
         else:
-            ny, nx = images[0].shape[-2:]
+            ny, nx = images[0][-2:]
             detector_px = (nx * xbin, ny * ybin)
 
     readout_mode = str(get("CONFMODE") or "")
@@ -194,9 +199,9 @@ def read_frame_metadata(scan: FitsScan) -> FrameMetadata:
     object_name = get("OBJECT")
     return FrameMetadata(
         obstype=obstype,
-        site=str(_required(scan, get, "SITEID")).lower(),
-        enclosure=str(_required(scan, get, "ENCID")).lower(),
-        telescope=str(_required(scan, get, "TELID")).lower(),
+        site=str(_required(path, get, "SITEID")).lower(),
+        enclosure=str(_required(path, get, "ENCID")).lower(),
+        telescope=str(_required(path, get, "TELID")).lower(),
         telescope_name=str(telescope_name) if telescope_name is not None else None,
         camera=camera,
         family=family,
@@ -209,8 +214,8 @@ def read_frame_metadata(scan: FitsScan) -> FrameMetadata:
         object_name=str(object_name)[:128] if object_name is not None else None,
         n_amplifiers=int(n_amps),
         detector_px=(int(detector_px[0]), int(detector_px[1])),
-        latitude_deg=_float(scan, get, "LATITUDE", required=False),
-        longitude_deg=_float(scan, get, "LONGITUD", required=False),
-        height_m=_float(scan, get, "HEIGHT", required=False),
+        latitude_deg=_float(path, get, "LATITUDE", required=False),
+        longitude_deg=_float(path, get, "LONGITUD", required=False),
+        height_m=_float(path, get, "HEIGHT", required=False),
         site_name=str(get("SITE"))[:128] if get("SITE") is not None else None,
     )
