@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 from pylcogt.db.models import CameraFamily
 from pylcogt.errors import UnprocessableFrameError
@@ -54,13 +55,24 @@ class FrameMetadata:
     site_name: str | None
 
 
-def merged_lookup(headers: Sequence[fits.Header]):
-    """A function ``get(keyword)`` returning the first non-blank value, in ``headers`` order."""
+def merged_lookup(headers: Sequence[fits.Header], path: Path):
+    """A function ``get(keyword)`` returning the first non-blank value, in ``headers`` order.
+
+    A card whose value astropy cannot parse raises UnprocessableFrameError naming it.
+    """
 
     def get(keyword: str):
-        for header in headers:
+        for index, header in enumerate(headers):
             if keyword in header:
-                value = header[keyword]
+                try:
+                    value = header[keyword]
+                except (VerifyError, ValueError) as exc:
+                    image = str(header.cards[keyword].image).rstrip()
+                    msg = (
+                        f"header {index} card {keyword!r} cannot be parsed: {image!r} ({exc}); "
+                        f"fix the header or fetch a good copy from the archive"
+                    )
+                    raise _fail(path, msg, keyword) from None
                 if isinstance(value, str):
                     value = value.strip()
                     if value.upper() in _BLANK:
@@ -115,7 +127,7 @@ def metadata_from_headers(
 ) -> FrameMetadata:
     """:func:`read_frame_metadata` on headers already read: the primary header first, then the
     image extensions' headers; ``image_shapes`` are the numpy shapes of the HDUs with pixels."""
-    get = merged_lookup(headers)
+    get = merged_lookup(headers, path)
     images = list(image_shapes)
     if not images:
         raise _fail(path, "has no image data (every HDU is header-only or a table)")
