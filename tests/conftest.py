@@ -1,8 +1,4 @@
-"""Shared fixtures: real SQLite and real PostgreSQL databases, and CI's no-skip rule.
-
-Under ``CI=true`` a skipped test fails the run: a test skipped for a missing dependency is a
-failure there, not a pass.
-"""
+"""Shared fixtures: real SQLite and real PostgreSQL databases (see also ``ci_rules``)."""
 
 from __future__ import annotations
 
@@ -18,31 +14,8 @@ from pylcogt.db.session import dispose_engines
 
 from .postgres_server import PostgresUnavailable, TempPostgres
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+pytest_plugins = ["pytester", "tests.ci_rules"]
 REAL_DATA_ENV = "PYLCOGT_REAL_DATA"
-
-
-# --- CI: skipped means failed -------------------------------------------------------------
-_skipped: list[str] = []
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and not hasattr(report, "wasxfail"):
-        _skipped.append(report.nodeid)
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if IN_CI and _skipped:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if IN_CI and _skipped:
-        terminalreporter.write_line(
-            f"CI=true: {len(_skipped)} skipped test(s) count as failures: "
-            + ", ".join(_skipped[:10]),
-            red=True,
-        )
 
 
 # --- databases ----------------------------------------------------------------------------
