@@ -111,6 +111,28 @@ def _float(path: Path, get, keyword: str, *, required: bool = True) -> float | N
         raise _fail(path, f"{keyword} = {value!r} is not a number", keyword) from None
 
 
+def _detector_size(path: Path, get, images, family: CameraFamily, xbin: int, ybin: int):
+    """Light-sensitive size in unbinned pixels: DETSIZE when it is a real size (many real
+    headers say ``[1:0,1:0]``), else the family's nominal size for Sinistro, else DATASEC (or
+    the image) times the binning."""
+    try:
+        detsize = parse_section(get("DETSIZE") or "")
+    except ValueError:
+        detsize = None
+    if detsize is not None:
+        return (detsize.nx, detsize.ny)
+    if family is CameraFamily.SINISTRO:
+        return FAMILY_DEFAULTS[family].detector_px
+    try:
+        datasec = parse_section(get("DATASEC") or "")
+    except ValueError as exc:
+        raise _fail(path, f"DATASEC: {exc}", "DATASEC") from None
+    if datasec is not None:
+        return (datasec.nx * xbin, datasec.ny * ybin)
+    ny, nx = images[0][-2:]
+    return (nx * xbin, ny * ybin)
+
+
 def read_frame_metadata(scan: FitsScan) -> FrameMetadata:
     """Validate and collect the keywords ingest needs; raise UnprocessableFrameError naming the
     file and keyword when one is missing or malformed."""
@@ -189,22 +211,13 @@ def metadata_from_headers(
     xbin, ybin = int(match.group(1)), int(match.group(2))
 
     defaults = FAMILY_DEFAULTS[family]
+    # MEF Sinistro: one image extension per amplifier; a legacy cube (or a shrunk test file)
+    # holds the amplifiers in one HDU, and then the family's count applies
     if family is CameraFamily.SINISTRO:
-        # MEF: one image extension per amplifier; a legacy cube (or a shrunk test file) holds
-        # the amplifiers in one HDU: the family's count applies
         n_amps = len(images) if len(images) > 1 else defaults.n_amplifiers
-        detector_px = defaults.detector_px
     else:
         n_amps = 1
-        try:
-            datasec = parse_section(get("DATASEC") or "")
-        except ValueError as exc:
-            raise _fail(path, f"DATASEC: {exc}", "DATASEC") from None
-        if datasec is not None:
-            detector_px = (datasec.nx * xbin, datasec.ny * ybin)
-        else:
-            ny, nx = images[0][-2:]
-            detector_px = (nx * xbin, ny * ybin)
+    detector_px = _detector_size(path, get, images, family, xbin, ybin)
 
     readout_mode = str(get("CONFMODE") or "")
     telescope_name = get("TELESCOP")

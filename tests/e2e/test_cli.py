@@ -112,6 +112,7 @@ def test_simulated_night_ingests_then_is_unchanged(night: Path, tmp_path: Path) 
     instruments = json.loads(run("instruments", "list", "--json", cwd=tmp_path).stdout)
     assert len(instruments) == 1 and instruments[0]["family"] == "sinistro"
     assert instruments[0]["n_amplifiers"] == 4 and instruments[0]["n_frames"] == len(files)
+    assert (instruments[0]["nx"], instruments[0]["ny"]) == (256, 256)  # DETSIZE of the small night
 
 
 def test_mixed_directory_reports_and_records_bad_files(night: Path, tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -637,48 +635,3 @@ def test_sha256_file(tmp_path, size):
 def test_sha256_file_missing(tmp_path):
     with pytest.raises(UnprocessableFrameError, match="does not exist"):
         sha256_file(tmp_path / "nowhere.fits")
-
-
-# ------------------------------------------------------------------------------------------
-# Throughput (reported, not asserted)
-# ------------------------------------------------------------------------------------------
-
-N_FILES = 1000
-
-
-@pytest.fixture(scope="module")
-def many_files(tmp_path_factory) -> dict[str, list[Path]]:
-    """1000 small MEF files (empty primary + 4 SCI extensions) in each format, written once."""
-    root = tmp_path_factory.mktemp("many")
-    templates = {
-        "plain": write_mef(root / "template.fits", shape=(64, 64)),
-        "gz": root / "template.fits.gz",
-        "fz": root / "template.fits.fz",
-    }
-    mef_hdulist(shape=(64, 64)).writeto(templates["gz"])
-    fz = mef_hdulist(shape=(64, 64))
-    fits.HDUList(
-        [fz[0]] + [fits.CompImageHDU(h.data, h.header, compression_type="RICE_1") for h in fz[1:]]
-    ).writeto(templates["fz"])
-    files: dict[str, list[Path]] = {}
-    for kind, template in templates.items():
-        suffix = "".join(template.suffixes)
-        files[kind] = [root / f"{kind}-{i:04d}{suffix}" for i in range(N_FILES)]
-        for target in files[kind]:
-            shutil.copyfile(template, target)
-    return files
-
-
-@pytest.mark.parametrize("kind", ["plain", "fz", "gz"])
-def test_scan_rate(many_files, kind, capsys):
-    paths = many_files[kind]
-    start = time.perf_counter()
-    scans = [scan_fits(path) for path in paths]
-    elapsed = time.perf_counter() - start
-    assert all(len(scan.hdus) == 5 for scan in scans)
-    assert {scan.compression for scan in scans} == {"none" if kind == "plain" else kind}
-    with capsys.disabled():
-        print(
-            f"\nscan_fits: {len(paths)} small MEF files ({kind}) in {elapsed:.2f} s = "
-            f"{len(paths) / elapsed:,.0f} files/s"
-        )
