@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,9 @@ from pylcogt.io.raw_header import FrameMetadata, read_frame_metadata
 from pylcogt.io.scan import scan_fits, sha256_file
 
 __all__ = [
+    "FileFacts",
+    "read_file",
+    "record_file",
     "FITS_SUFFIXES",
     "IngestResult",
     "IngestReport",
@@ -139,64 +144,81 @@ def _clear_metadata(frame: RawFrame) -> None:
         setattr(frame, column, None)
 
 
-def ingest_file(session: Session, path: Path) -> IngestResult:
-    """Register one file in ``session`` (not committed). ``path`` must exist."""
+@dataclass(frozen=True)
+class FileFacts:
+    """What reading one file found: its checksum and header facts, or why it is unusable."""
+
+    path: Path
+    checksum: str
+    size: int
+    meta: FrameMetadata | None
+    error: UnprocessableFrameError | None
+
+
+def read_file(path: Path) -> FileFacts:
+    """Hash, scan and validate one file; no database. Safe to run in worker threads."""
     path = path.resolve()
-    key = str(path)
     try:
-        checksum = sha256_file(path)
         size = path.stat().st_size
+        checksum = sha256_file(path)
     except OSError as exc:
-        # unreadable: record it so that it is visible, with an empty checksum
-        checksum, size = "", 0
-        error: UnprocessableFrameError | None = UnprocessableFrameError(
-            f"{path.name}: cannot be read ({exc.strerror}); check its permissions", path=key
+        error = UnprocessableFrameError(
+            f"{path.name}: cannot be read ({exc.strerror}); check that it exists and is readable",
+            path=str(path),
         )
-    else:
-        error = None
+        return FileFacts(path, "", 0, None, error)
+    try:
+        return FileFacts(path, checksum, size, read_frame_metadata(scan_fits(path)), None)
+    except UnprocessableFrameError as exc:
+        return FileFacts(path, checksum, size, None, exc)
+    except OSError as exc:  # an I/O error mid-read (EIO, vanished NFS handle)
+        error = UnprocessableFrameError(f"{path.name}: read failed ({exc})", path=str(path))
+        return FileFacts(path, checksum, size, None, error)
 
+
+def record_file(session: Session, facts: FileFacts) -> IngestResult:
+    """Register what :func:`read_file` found, in ``session`` (flushed, not committed)."""
+    key = str(facts.path)
     frame = repo.frame_by_path(session, key)
-    if frame is not None and error is None and frame.checksum == checksum:
+    if frame is not None and facts.checksum and frame.checksum == facts.checksum:
         return _result(frame, "unchanged")
-
-    meta: FrameMetadata | None = None
-    if error is None:
-        try:
-            meta = read_frame_metadata(scan_fits(path))
-        except UnprocessableFrameError as exc:
-            error = exc
 
     # look up (or create) the instrument before the frame joins the session, so that no
     # half-filled frame row is flushed by the lookup
-    instrument = repo.get_or_create_instrument(session, meta) if error is None else None
+    instrument = repo.get_or_create_instrument(session, facts.meta) if facts.meta else None
 
     status = "new" if frame is None else "updated"
     if frame is None:
         frame = RawFrame(
-            path=key, filename=path.name, lease_token=0, attempts=0, state=FrameState.PENDING
+            path=key, filename=facts.path.name, lease_token=0, attempts=0, state=FrameState.PENDING
         )
-    frame.checksum = checksum
-    frame.file_size = size
+    frame.checksum = facts.checksum
+    frame.file_size = facts.size
     frame.ingested_at = utcnow()
 
-    if error is not None:
+    if facts.error is not None or instrument is None:
         _clear_metadata(frame)
-        _reset_processing(session, frame, FrameState.REJECTED, str(error))
+        _reset_processing(session, frame, FrameState.REJECTED, str(facts.error))
         session.add(frame)
         session.flush()
-        log.warning("rejected %s: %s", key, error, extra={"frame_path": key})
+        log.warning("rejected %s: %s", key, facts.error, extra={"frame_path": key})
         return _result(frame, "rejected")
 
-    _apply_metadata(frame, meta, instrument.id)
+    _apply_metadata(frame, facts.meta, instrument.id)
     _reset_processing(session, frame, FrameState.PENDING, None)
     session.add(frame)
     session.flush()
     result = _result(frame, status)
-    twins = [f for f in repo.frames_with_checksum(session, checksum) if f.id != frame.id]
+    twins = [f for f in repo.frames_with_checksum(session, facts.checksum) if f.id != frame.id]
     if twins:
         result.duplicate_of = twins[0].id
         log.warning("%s has the same content as frame %d (%s)", key, twins[0].id, twins[0].path)
     return result
+
+
+def ingest_file(session: Session, path: Path) -> IngestResult:
+    """Register one file in ``session`` (not committed)."""
+    return record_file(session, read_file(path))
 
 
 def _result(frame: RawFrame, status: str) -> IngestResult:
@@ -216,32 +238,48 @@ def ingest_paths(
     paths: Iterable[str | os.PathLike],
     *,
     progress: Callable[[int, IngestResult], None] | None = None,
+    threads: int = 2,
 ) -> IngestReport:
     """Ingest files and directories (recursively); one transaction per file.
 
-    The registry must already have its schema (see :func:`pylcogt.db.migrate.ensure_schema`).
-    A file that cannot be used is recorded as ``rejected`` and the batch goes on.
+    Reading (sha256, header scan) runs ahead in ``threads`` threads (hashing releases the GIL,
+    and it is the cost of large frames); recording is serial, in file order. The registry must
+    already have its schema (see :func:`pylcogt.db.migrate.ensure_schema`). A file that cannot
+    be used is recorded as ``rejected`` and the batch goes on.
     """
     report = IngestReport()
 
     def ignored(_path: Path) -> None:
         report.ignored += 1
 
-    for n, path in enumerate(iter_fits_files(paths, ignored), start=1):
-        result = _ingest_with_retry(maker, path)
-        report.results.append(result)
-        if progress is not None:
-            progress(n, result)
+    files = iter_fits_files(paths, ignored)
+    window = max(1, threads) * 4  # files read ahead of the recorder: bounded memory
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="ingest-read") as pool:
+        pending: deque[Future[FileFacts]] = deque()
+        n = 0
+        while True:
+            while len(pending) < window:
+                path = next(files, None)
+                if path is None:
+                    break
+                pending.append(pool.submit(read_file, path))
+            if not pending:
+                break
+            result = _record_with_retry(maker, pending.popleft().result())
+            report.results.append(result)
+            n += 1
+            if progress is not None:
+                progress(n, result)
     return report
 
 
-def _ingest_with_retry(maker: sessionmaker[Session], path: Path) -> IngestResult:
+def _record_with_retry(maker: sessionmaker[Session], facts: FileFacts) -> IngestResult:
     # a concurrent ingest of the same path can win the unique constraint: then redo the file,
     # which now finds the row the other process wrote
     for attempt in range(3):
         with maker() as session:
             try:
-                result = ingest_file(session, path)
+                result = record_file(session, facts)
                 session.commit()
                 return result
             except IntegrityError:
