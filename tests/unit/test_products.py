@@ -1,0 +1,125 @@
+"""Products: atomic writes, faithful read-back, and paths no header can escape."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from pylcogt.errors import UnprocessableFrameError
+from pylcogt.frame import Frame, PixelFlag
+from pylcogt.io import products
+from pylcogt.io.products import read_product, write_product
+from pylcogt.paths import master_path, product_path
+
+NIGHT = dt.date(2026, 11, 28)
+
+
+def _frame(seed: int = 3) -> Frame:
+    rng = np.random.default_rng(seed)
+    sci = rng.normal(1000.0, 10.0, (128, 96)).astype(np.float32)
+    err = np.full(sci.shape, 10.0, np.float32)
+    bpm = np.zeros(sci.shape, np.uint8)
+    bpm[5, 7] = PixelFlag.SATURATED | PixelFlag.BAD
+    header = fits.Header(
+        [("OBSTYPE", "EXPOSE"), ("NAXIS1", 4), ("BZERO", 32768), ("L1IDBIAS", "b.fits")]
+    )
+    return Frame(sci=sci, err=err, bpm=bpm, header=header, unit="electron", name="x")
+
+
+def test_round_trip_keeps_values_noise_and_flags(tmp_path: Path) -> None:
+    frame = _frame()
+    path = tmp_path / "p.fits.fz"
+    checksum = write_product(path, frame)
+    assert len(checksum) == 64
+    back = read_product(path)
+    assert back.unit == "electron"
+    np.testing.assert_array_equal(back.bpm, frame.bpm)
+    diff = back.sci - frame.sci
+    assert np.abs(diff).max() < 10.0 / 16 * 1.01  # one quantisation step at most
+    assert np.std(back.sci) == pytest.approx(np.std(frame.sci), rel=0.01)  # noise preserved
+    assert abs(diff.mean()) < 0.05  # dithered: no bias
+    np.testing.assert_allclose(back.err, 10.0, atol=0.01)
+    assert back.header["L1IDBIAS"] == "b.fits"
+    assert "BZERO" not in back.header  # structural cards of the raw never leak
+
+
+def test_failed_write_leaves_the_old_product(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.fits.fz"
+    write_product(path, _frame(1))
+    before = path.read_bytes()
+
+    def explode(self, fileobj, **kwargs):
+        fileobj.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(products.fits.HDUList, "writeto", explode)
+    with pytest.raises(OSError, match="disk full"):
+        write_product(path, _frame(2))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p.fits.fz"]  # no temporary left behind
+
+
+def test_paths_follow_the_layout(tmp_path: Path) -> None:
+    p = product_path(
+        tmp_path,
+        site="lsc",
+        camera="fa15",
+        dayobs=NIGHT,
+        raw_filename="lsc1m009-fa15-20261128-0042-e00.fits.fz",
+    )
+    assert (
+        p
+        == tmp_path.resolve()
+        / "lsc/fa15/20261128/processed/lsc1m009-fa15-20261128-0042-e91.fits.fz"
+    )
+    m = master_path(
+        tmp_path,
+        site="lsc",
+        camera="fa15",
+        dayobs=NIGHT,
+        obstype="SKYFLAT",
+        binning="1x1",
+        readout_mode="full_frame",
+        filter_name="rp",
+    )
+    assert m.name == "fa15-skyflat-20261128-bin1x1-full_frame-rp.fits.fz"
+    assert m.parent == tmp_path.resolve() / "lsc/fa15/20261128/masters"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("site", "../../etc"),
+        ("camera", "fa15/../../x"),
+        ("raw_filename", "..e00.fits"),
+        ("site", "/abs"),
+        ("camera", "a b"),
+        ("site", ""),
+        ("camera", "fa\x0015"),
+    ],
+)
+def test_hostile_header_values_are_refused(tmp_path: Path, field: str, value: str) -> None:
+    kwargs = {"site": "lsc", "camera": "fa15", "dayobs": NIGHT, "raw_filename": "a-e00.fits"}
+    kwargs[field] = value
+    with pytest.raises(UnprocessableFrameError, match="cannot be used in a file name"):
+        product_path(tmp_path, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hostile_filter_in_master_path(tmp_path: Path) -> None:
+    with pytest.raises(UnprocessableFrameError, match="FILTER"):
+        master_path(
+            tmp_path,
+            site="lsc",
+            camera="fa15",
+            dayobs=NIGHT,
+            obstype="SKYFLAT",
+            binning="1x1",
+            filter_name="../../../tmp/evil",
+        )
