@@ -38,19 +38,35 @@ def make_files(directory: Path, n: int, amp_size: int, compress: str) -> list[Pa
     files = []
     for i in range(n):
         primary = fits.PrimaryHDU()
-        primary.header.update({
-            "OBSTYPE": "BIAS", "SITEID": "lsc", "ENCID": "doma", "TELID": "1m0a",
-            "TELESCOP": "1m0-09", "INSTRUME": "fa15", "DATE-OBS": f"2026-11-28T20:{i // 60 % 60:02d}:{i % 60:02d}.000",
-            "DAY-OBS": "20261128", "EXPTIME": 0.0, "FILTER": "air", "CCDSUM": "1 1",
-            "CONFMODE": "full_frame", "RDNOISE": 7.5, "SATURATE": 47500.0, "FRAMENUM": i,
-        })
+        primary.header.update(
+            {
+                "OBSTYPE": "BIAS",
+                "SITEID": "lsc",
+                "ENCID": "doma",
+                "TELID": "1m0a",
+                "TELESCOP": "1m0-09",
+                "INSTRUME": "fa15",
+                "DATE-OBS": f"2026-11-28T20:{i // 60 % 60:02d}:{i % 60:02d}.000",
+                "DAY-OBS": "20261128",
+                "EXPTIME": 0.0,
+                "FILTER": "air",
+                "CCDSUM": "1 1",
+                "CONFMODE": "full_frame",
+                "RDNOISE": 7.5,
+                "SATURATE": 47500.0,
+                "FRAMENUM": i,
+            }
+        )
         for k in range(150):  # real Sinistro primaries carry ~240 cards
             primary.header[f"FILL{k:04d}"] = (float(k), "padding card like real headers")
         amps = []
         for a in range(4):
             data = template + np.uint16(a)
-            hdu = (fits.CompImageHDU(data, name="SCI", compression_type="RICE_1") if compress == "fz"
-                   else fits.ImageHDU(data, name="SCI"))
+            hdu = (
+                fits.CompImageHDU(data, name="SCI", compression_type="RICE_1")
+                if compress == "fz"
+                else fits.ImageHDU(data, name="SCI")
+            )
             hdu.header["GAIN"] = 1.0 + 0.1 * a
             hdu.header["BIASSEC"] = f"[{amp_size + 7}:{amp_size + 32},1:{amp_size}]"
             hdu.header["DATASEC"] = f"[1:{amp_size},1:{amp_size}]"
@@ -59,7 +75,10 @@ def make_files(directory: Path, n: int, amp_size: int, compress: str) -> list[Pa
         path = directory / f"lsc1m009-fa15-20261128-{i:04d}-b00{suffix}"
         fits.HDUList([primary, *amps]).writeto(path)
         if compress == "gz":
-            with open(path, "rb") as src, gzip.open(str(path) + ".gz", "wb", compresslevel=6) as dst:
+            with (
+                open(path, "rb") as src,
+                gzip.open(str(path) + ".gz", "wb", compresslevel=6) as dst,
+            ):
                 shutil.copyfileobj(src, dst)
             path.unlink()
             path = Path(str(path) + ".gz")
@@ -97,21 +116,43 @@ def child(mode: str, directory: Path) -> dict:
         db = directory.parent / "bench.db"
         for attempt in ("first", "again"):
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "pylcogt", "-q", "--database-url", f"sqlite:///{db}",
-                                   "ingest", str(directory), "--json"], capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pylcogt",
+                    "-q",
+                    "--database-url",
+                    f"sqlite:///{db}",
+                    "ingest",
+                    str(directory),
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             summary = json.loads(proc.stdout)["summary"]
             if attempt == "first":
                 first = (time.perf_counter() - t0, summary)
         wall = time.perf_counter() - start
-        return {"mode": mode, "wall_s": first[0], "again_s": wall - first[0], "files": len(files),
-                "summary": first[1], "peak_rss_mb": None}
+        return {
+            "mode": mode,
+            "wall_s": first[0],
+            "again_s": wall - first[0],
+            "files": len(files),
+            "summary": first[1],
+            "peak_rss_mb": None,
+        }
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "wall_s": wall, "files": len(files), "peak_rss_mb": peak}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--amp-size", type=int, default=256, help="light pixels per amplifier side")
     parser.add_argument("--compress", choices=["none", "fz", "gz"], default="none")
@@ -127,20 +168,32 @@ def main() -> None:
         t0 = time.perf_counter()
         files = make_files(raw, args.files, args.amp_size, args.compress)
         size_mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"wrote {len(files)} {args.compress} MEF files ({size_mb:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {len(files)} {args.compress} MEF files ({size_mb:.0f} MB) "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
         results = {}
         for mode in ("astropy-open", "pylcogt-scan", "pylcogt-ingest"):
-            proc = subprocess.run([sys.executable, __file__, "--child", mode, str(raw)],
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", mode, str(raw)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
         peer = results["astropy-open"]["wall_s"]
         print(f"{'mode':16s} {'wall s':>8s} {'files/min':>10s} {'peak MB':>8s} {'vs astropy':>10s}")
         for mode, r in results.items():
             rate = r["files"] / r["wall_s"] * 60
             peak = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
-            print(f"{mode:16s} {r['wall_s']:8.2f} {rate:10.0f} {peak:>8s} {peer / r['wall_s']:9.2f}x")
+            print(
+                f"{mode:16s} {r['wall_s']:8.2f} {rate:10.0f} {peak:>8s} {peer / r['wall_s']:9.2f}x"
+            )
         ingest = results["pylcogt-ingest"]
-        print(f"pylcogt ingest summary: {ingest['summary']}; second run (all unchanged) {ingest['again_s']:.2f} s")
+        print(
+            f"pylcogt ingest summary: {ingest['summary']}; "
+            f"second run (all unchanged) {ingest['again_s']:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -369,6 +369,166 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.db import repo
+    from pylcogt.ingest import ingest_paths
+    from pylcogt.reduce import reduce_frame
+
+    missing = [p for p in args.files if not Path(p).is_file()]
+    if missing:
+        raise ConfigurationError(f"no such file: {', '.join(missing)}")
+    maker = _maker(settings)
+    as_of = _parse_time(args.as_of) if args.as_of else None
+    ingested = ingest_paths(
+        maker, args.files
+    )  # idempotent: registers files seen for the first time
+    results = []
+    for entry in ingested.results:
+        if entry.state == "rejected":
+            results.append({"path": entry.path, "state": "rejected", "error": entry.reason})
+            continue
+        with maker() as session:
+            frame = repo.frame_by_path(session, entry.path)
+        try:
+            outcome = reduce_frame(maker, settings, frame.id, as_of=as_of)
+        except PylcogtError as exc:
+            results.append({"path": entry.path, "state": "skipped", "error": str(exc)})
+            continue
+        results.append({
+            "path": outcome.path, "state": outcome.state, "product": outcome.product_path,
+            "error": outcome.error, "masters": outcome.masters,
+        })  # fmt: skip
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            print(
+                f"{r['state']:20s} {Path(r['path']).name}"
+                + (f" -> {r['product']}" if r.get("product") else "")
+            )
+            for role, m in (r.get("masters") or {}).items():
+                print(f"  {role:5s} master {m['id']}: {m['path']}")
+            if r.get("error"):
+                print(f"  {r['error']}")
+    return 0
+
+
+def _parse_time(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"{text!r} is not an ISO time (e.g. 2026-11-29T12:00:00)"
+        ) from None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from pylcogt.calibrations.build import GroupKey, build_master
+    from pylcogt.db.models import Instrument, RawFrame
+
+    obstype = {"bias": "BIAS", "dark": "DARK", "skyflat": "SKYFLAT"}[args.type]
+    maker = _maker(settings)
+    with maker() as session:
+        instruments = session.scalars(
+            select(Instrument).where(Instrument.camera == args.instrument.lower())
+        ).all()
+        if not instruments:
+            raise ConfigurationError(
+                f"no instrument {args.instrument!r} is registered; ingest its frames first"
+            )
+        query = (
+            select(RawFrame.instrument_id, RawFrame.binning, RawFrame.readout_mode,
+                   RawFrame.filter_name)
+            .where(RawFrame.instrument_id.in_([i.id for i in instruments]),
+                   RawFrame.dayobs == args.night, RawFrame.obstype == obstype,
+                   RawFrame.state != FrameState.REJECTED)
+            .distinct()
+        )  # fmt: skip
+        groups = set()
+        for inst_id, binning, mode, filt in session.execute(query):
+            if args.binning and binning != args.binning:
+                continue
+            if obstype == "SKYFLAT" and args.filter and filt != args.filter:
+                continue
+            groups.add(GroupKey(inst_id, args.night, obstype, binning, mode or "",
+                                filt if obstype == "SKYFLAT" else ""))  # fmt: skip
+    if not groups:
+        raise ConfigurationError(
+            f"no registered {obstype} frames of {args.instrument} on {args.night:%Y%m%d}"
+            + (f" in filter {args.filter}" if args.filter else "")
+        )
+    show, done = _stderr_progress(not args.quiet)
+    results = []
+    try:
+        for key in sorted(
+            groups, key=lambda g: (g.instrument_id, g.binning, g.readout_mode, g.filter_name)
+        ):
+            try:
+                built = build_master(
+                    maker, settings, key, min_inputs=args.min_inputs, progress=show
+                )
+            except PylcogtError as exc:
+                results.append({"type": obstype, "filter": key.filter_name, "binning": key.binning,
+                                "error": str(exc)})  # fmt: skip
+                continue
+            results.append({"type": obstype, "filter": key.filter_name, "binning": key.binning,
+                            "readout_mode": key.readout_mode, "master_id": built.master_id,
+                            "path": built.path, "n_inputs": built.n_inputs,
+                            "dropped": built.dropped,
+                            "level": built.level})  # fmt: skip
+    finally:
+        done()
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            label = f"{r['type']} {r['binning']}" + (f" {r['filter']}" if r["filter"] else "")
+            if "error" in r:
+                print(f"{label}: not built: {r['error']}")
+                continue
+            print(f"{label}: master {r['master_id']} from {r['n_inputs']} frames -> {r['path']}")
+            for name, why in r["dropped"].items():
+                print(f"  left out {name}: {why}")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+def cmd_calibrations(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+    from sqlalchemy.orm import joinedload
+
+    from pylcogt.db.models import Instrument, MasterCalibration
+
+    with _maker(settings)() as session:
+        query = (
+            select(MasterCalibration)
+            .options(joinedload(MasterCalibration.instrument).joinedload(Instrument.site))
+            .order_by(MasterCalibration.dateobs, MasterCalibration.id)
+        )
+        if args.type:
+            query = query.where(MasterCalibration.obstype == args.type.upper())
+        if args.night:
+            query = query.where(MasterCalibration.dayobs == args.night)
+        rows = [
+            {"id": m.id, "type": m.obstype.value, "instrument": m.instrument.camera,
+             "site": m.instrument.site.code, "binning": m.binning, "readout_mode": m.readout_mode,
+             "filter": m.filter_name, "dayobs": m.dayobs, "dateobs": m.dateobs,
+             "n_inputs": m.n_inputs,
+             "is_bad": m.is_bad, "path": m.path}
+            for m in session.scalars(query)
+        ]  # fmt: skip
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, ["id", "type", "instrument", "binning", "filter", "dayobs", "dateobs",
+                            "n_inputs", "is_bad", "path"])  # fmt: skip
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
 def _common(suppress: bool) -> argparse.ArgumentParser:
     """Options accepted both before and after the subcommand."""
@@ -535,6 +695,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print a JSON array, one object per instrument"
     )
 
+    p = add("reduce", "reduce science frames against the registry's masters",
+            "Reduce raw science frames (EXPOSE, STANDARD): each file is registered if new, the "
+            "masters are selected from the registry (bias and dark closest in time, the latest "
+            "flat at or before the frame), and the product (SCI, BPM, ERR) is written atomically "
+            "under the data directory. Prints the masters used.")  # fmt: skip
+    p.add_argument("files", nargs="+", metavar="FILE", help="raw science frames")
+    p.add_argument("--as-of", metavar="TIME", help="use only masters created before this UTC time")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per frame")
+
+    p = add("stack", "build a night's master calibration from its registered frames",
+            "Build the master bias, dark or sky flat of one night (DAY-OBS) and instrument from "
+            "the registered frames (afternoon and morning sets together; one master per binning, "
+            "readout mode and, for flats, filter), write it and register it with its inputs. "
+            "Darks need a master bias, flats a bias and a dark.")  # fmt: skip
+    p.add_argument("--instrument", required=True, help="camera, e.g. fa15")
+    p.add_argument("--night", required=True, type=_parse_night, help="DAY-OBS, YYYYMMDD")
+    p.add_argument("--type", required=True, choices=["bias", "dark", "skyflat"])
+    p.add_argument("--filter", help="only this filter (flats)")
+    p.add_argument("--binning", help="only this binning, e.g. 2x2")
+    p.add_argument("--min-inputs", type=int,
+                   help="fewest usable frames (default: bias 5, dark 3, flat 3)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per master")
+
+    cal = add("calibrations", "list master calibrations")
+    c_sub = cal.add_subparsers(dest="calibrations_command", required=True, metavar="ACTION")
+    p = c_sub.add_parser("list", help="list registered masters", parents=[common])
+    p.add_argument("--type", type=str.upper, choices=["BIAS", "DARK", "SKYFLAT", "BPM"])
+    p.add_argument("--night", type=_parse_night, help="only this DAY-OBS")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per master")
+
     p = add(
         "simulate",
         "write a realistic simulated night of raw frames",
@@ -566,6 +756,9 @@ COMMANDS = {
     "frames": cmd_frames,
     "instruments": cmd_instruments,
     "simulate": cmd_simulate,
+    "reduce": cmd_reduce,
+    "stack": cmd_stack,
+    "calibrations": cmd_calibrations,
     "demo": cmd_demo,
 }
 

@@ -20,6 +20,7 @@ __all__ = [
     "CalibrationNotFoundError",
     "TransientError",
     "ConfigurationError",
+    "NotEnoughInputsError",
 ]
 
 
@@ -49,3 +50,10 @@ class TransientError(PylcogtError):
 
 class ConfigurationError(PylcogtError):
     """pylcogt is configured wrongly; say what to change."""
+
+
+class NotEnoughInputsError(PylcogtError):
+    """A master cannot be built: its group has fewer usable frames than the minimum.
+
+    More frames may still arrive: the worker retries when the group changes.
+    """

@@ -14,6 +14,7 @@ import numpy as np
 
 from pylcogt.frame import Frame
 from pylcogt.stages._checks import require_same_shape, require_unit
+from pylcogt.stages.gain import remove_bias_from_err
 
 __all__ = ["subtract_bias"]
 
@@ -25,10 +26,15 @@ def subtract_bias(frame: Frame, master: Frame, *, master_id: int | None = None) 
     level = float(master.header.get("BIASLVL", 0.0))
     sci = frame.sci - master.sci
     sci -= np.float32(level)
-    err = None
-    if frame.err is not None:
-        err = frame.err if master.err is None else np.hypot(frame.err, master.err)
     header = frame.header.copy()
+    err = frame.err
+    if err is not None and header.get("ERRBIAS", False):
+        # no overscan: the Poisson term of ERR counted the bias level too; take it out now
+        read_noise = float(header.get("RDNOISE", 0.0))
+        err = remove_bias_from_err(err, master.sci + np.float32(level), read_noise)
+        header["ERRBIAS"] = (False, "ERR Poisson term still includes the bias level")
+    if err is not None and master.err is not None:
+        err = np.hypot(err, master.err)
     header["L1IDBIAS"] = (master.name, "master bias used")
     if master_id is not None:
         header["L1RIBIAS"] = (master_id, "registry id of the master bias")

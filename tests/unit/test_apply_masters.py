@@ -125,3 +125,17 @@ def test_master_of_another_shape_is_refused(stage) -> None:
 def test_stages_need_electrons() -> None:
     with pytest.raises(ValueError, match="needs a frame in electron"):
         subtract_bias(frame(np.ones(SHAPE), unit="adu"), frame(np.ones(SHAPE)))
+
+
+def test_bias_takes_the_bias_out_of_err_without_overscan() -> None:
+    """SBIG: ERR was made with the bias level still in the data (ERRBIAS = T)."""
+    read_noise, level, signal = 13.5, 1400.0, 900.0
+    structure = np.zeros(SHAPE)
+    raw_err = np.sqrt(read_noise**2 + signal + level)  # as the gain stage made it
+    raw = frame(np.full(SHAPE, signal + level), err=np.full(SHAPE, raw_err), ERRBIAS=True,
+                RDNOISE=read_noise)  # fmt: skip
+    master = frame(structure, err=np.full(SHAPE, 2.0), BIASLVL=level)
+    out = subtract_bias(raw, master)
+    np.testing.assert_allclose(out.sci, signal, rtol=1e-6)
+    np.testing.assert_allclose(out.err, np.sqrt(read_noise**2 + signal + 2.0**2), rtol=1e-5)
+    assert out.header["ERRBIAS"] is False

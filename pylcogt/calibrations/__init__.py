@@ -1,0 +1,1 @@
+"""Building master calibrations: stacking frames (:mod:`.stack`); no file I/O here."""

@@ -1,0 +1,262 @@
+"""Build a night's master calibration from its registered frames, and register it.
+
+This is service code (database, files): it selects the frames of one group, reads each, runs
+:func:`pylcogt.pipeline.prepare_master_input` with the masters that group needs (bias for darks;
+bias and dark for flats, each chosen for the frame's own DATE-OBS), spills the prepared frames
+to disk, drops flats that fail :func:`~pylcogt.calibrations.prepare.check_flats`, stacks the
+rest with the 3-rstd clipped mean, writes the master atomically and records it with its inputs.
+
+A group is one instrument, night (DAY-OBS), type, binning and readout mode, and for flats one
+filter: the afternoon and morning sets of a night go into one master.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, joinedload, sessionmaker
+
+from pylcogt.calibrations.prepare import check_flats
+from pylcogt.calibrations.select import select_master
+from pylcogt.calibrations.stack import DEFAULT_MEMORY_BUDGET_BYTES, stack_sources
+from pylcogt.config import Settings
+from pylcogt.db.models import (
+    CalibrationType,
+    FrameState,
+    Instrument,
+    MasterCalibration,
+    MasterInput,
+    RawFrame,
+    utcnow,
+)
+from pylcogt.errors import NotEnoughInputsError, UnprocessableFrameError
+from pylcogt.frame import Frame, PixelFlag
+from pylcogt.io.products import read_product, write_product
+from pylcogt.io.raw_read import read_raw
+from pylcogt.io.spill import SpillDir
+from pylcogt.paths import master_path
+from pylcogt.pipeline import NEEDED_MASTERS, LoadedMaster, Masters, prepare_master_input
+from pylcogt.stages.flat import DEFAULT_MIN_RESPONSE
+
+__all__ = ["GroupKey", "BuildResult", "MIN_INPUTS", "group_frames", "build_master", "load_master"]
+
+log = logging.getLogger(__name__)
+
+#: Fewest usable frames a master may be built from, per type (configurable per call).
+MIN_INPUTS = {"BIAS": 5, "DARK": 3, "SKYFLAT": 3}
+STACK_K = 3.0  # rstd, per-pixel rejection when stacking
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """One master's worth of frames. ``filter_name`` is ``''`` except for flats."""
+
+    instrument_id: int
+    dayobs: dt.date
+    obstype: str
+    binning: str
+    readout_mode: str
+    filter_name: str = ""
+
+
+@dataclass
+class BuildResult:
+    master_id: int
+    path: str
+    n_inputs: int
+    dropped: dict[str, str] = field(default_factory=dict)  # file name -> reason
+    level: float | None = None
+
+
+def group_frames(session: Session, key: GroupKey) -> list[RawFrame]:
+    """The group's registered frames (any state but rejected), in DATE-OBS order."""
+    query = (
+        select(RawFrame)
+        .where(
+            RawFrame.instrument_id == key.instrument_id,
+            RawFrame.dayobs == key.dayobs,
+            RawFrame.obstype == key.obstype,
+            RawFrame.binning == key.binning,
+            RawFrame.readout_mode == key.readout_mode,
+            RawFrame.state != FrameState.REJECTED,
+        )
+        .order_by(RawFrame.dateobs, RawFrame.id)
+    )
+    if key.obstype == "SKYFLAT":
+        query = query.where(RawFrame.filter_name == key.filter_name)
+    return list(session.scalars(query))
+
+
+def load_master(
+    master: MasterCalibration,
+    cache: dict[int, LoadedMaster] | None = None,
+    fallback_later: bool = False,
+) -> LoadedMaster:
+    """Read a registered master's product (cached by id)."""
+    if cache is not None and master.id in cache and not fallback_later:
+        return cache[master.id]
+    loaded = LoadedMaster(read_product(master.path), master.id, fallback_later)
+    if cache is not None:
+        cache[master.id] = loaded
+    return loaded
+
+
+def _masters_for(session: Session, frame: RawFrame, obstype: str, cache: dict) -> Masters:
+    chosen = {}
+    for needed in NEEDED_MASTERS[obstype]:
+        selection = select_master(
+            session, instrument_id=frame.instrument_id, obstype=needed, binning=frame.binning,
+            readout_mode=frame.readout_mode, filter_name=frame.filter_name, dateobs=frame.dateobs,
+        )  # fmt: skip
+        chosen[needed] = load_master(selection.master, cache)
+    return Masters(bias=chosen.get("BIAS"), dark=chosen.get("DARK"))
+
+
+def _fail_frame(session: Session, frame: RawFrame, error: Exception) -> None:
+    frame.state = FrameState.FAILED
+    frame.last_error = str(error)
+    frame.attempts += 1
+
+
+def _master_frame(key: GroupKey, result, levels: list[float], inputs: list[RawFrame],
+                  instrument: Instrument, unit: str) -> Frame:  # fmt: skip
+    sci = result.mean
+    bpm = result.bpm.copy()
+    empty = ~np.isfinite(sci)
+    if empty.any():
+        sci = np.where(empty, np.float32(0.0 if key.obstype != "SKYFLAT" else 1.0), sci)
+        bpm[empty] |= np.uint8(PixelFlag.BAD)
+    if key.obstype == "SKYFLAT":
+        bpm[~(sci >= np.float32(DEFAULT_MIN_RESPONSE))] |= np.uint8(PixelFlag.LOW_FLAT)
+    err = None if result.err is None else np.where(empty, np.float32(0), result.err)
+    mean_time = _mean_time([f.dateobs for f in inputs])
+    header = fits.Header()
+    header["OBSTYPE"] = (key.obstype, "master calibration type")
+    header["ISMASTER"] = (True, "a master calibration made by pylcogt")
+    header["SITEID"] = instrument.site.code
+    header["ENCID"] = instrument.enclosure
+    header["TELID"] = instrument.telescope
+    header["INSTRUME"] = instrument.camera
+    header["CCDSUM"] = (key.binning.replace("x", " "), "binning")
+    header["CONFMODE"] = key.readout_mode or "N/A"
+    header["FILTER"] = key.filter_name or "N/A"
+    header["DAY-OBS"] = key.dayobs.strftime("%Y%m%d")
+    header["DATE-OBS"] = (mean_time.isoformat(timespec="milliseconds"), "mean DATE-OBS of inputs")
+    header["NINPUTS"] = (len(inputs), "frames stacked")
+    header["STACKK"] = (STACK_K, "[rstd] per-pixel rejection threshold")
+    if key.obstype == "BIAS":
+        header["BIASLVL"] = (round(float(np.mean(levels)), 4), "[e-] mean level of the inputs")
+    for i, frame in enumerate(inputs, start=1):
+        header[f"IMCOM{i:03d}" if i < 1000 else f"IMC{i:05d}"] = frame.filename
+    return Frame(sci=sci.astype(np.float32, copy=False), err=err, bpm=bpm, header=header,
+                 unit=unit, name="")  # fmt: skip
+
+
+def _mean_time(times: list[dt.datetime]) -> dt.datetime:
+    origin = min(times)
+    offset = sum((t - origin).total_seconds() for t in times) / len(times)
+    return origin + dt.timedelta(seconds=offset)
+
+
+def build_master(
+    maker: sessionmaker[Session],
+    settings: Settings,
+    key: GroupKey,
+    *,
+    min_inputs: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    progress: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Build, write and register the master of ``key``; returns what was made."""
+    obstype = key.obstype
+    minimum = MIN_INPUTS[obstype] if min_inputs is None else min_inputs
+    cache: dict[int, LoadedMaster] = {}
+    dropped: dict[str, str] = {}
+    with maker() as session:
+        query = select(Instrument).options(joinedload(Instrument.site))
+        instrument = session.scalars(query.where(Instrument.id == key.instrument_id)).one()
+        frames = group_frames(session, key)
+        if len(frames) < minimum:
+            raise NotEnoughInputsError(
+                f"{instrument.camera} {key.dayobs:%Y%m%d} {obstype} {key.binning} "
+                f"{key.filter_name}: {len(frames)} frame(s) registered, at least {minimum} needed"
+            )
+        with SpillDir(settings.data_dir) as spill:
+            prepared: list[tuple[RawFrame, float | None]] = []
+            for n, frame in enumerate(frames, start=1):
+                try:
+                    raw = read_raw(frame.path)
+                    masters = _masters_for(session, frame, obstype, cache)
+                    ready, level = prepare_master_input(raw, obstype, masters,
+                                                        exptime_s=frame.exptime_s)  # fmt: skip
+                except UnprocessableFrameError as exc:
+                    log.warning("%s left out of the %s master: %s", frame.filename, obstype, exc)
+                    dropped[frame.filename] = str(exc)
+                    _fail_frame(session, frame, exc)
+                    continue
+                spill.save(str(frame.id), ready)
+                prepared.append((frame, level))
+                if progress:
+                    progress(f"prepared {n}/{len(frames)} {frame.filename}")
+            if obstype == "SKYFLAT" and prepared:
+                checks = check_flats([spill.load(str(f.id)) for f, _ in prepared])
+                kept = []
+                for (frame, level), check in zip(prepared, checks, strict=True):
+                    if check.reason:
+                        log.warning("%s left out of the flat: %s", frame.filename, check.reason)
+                        dropped[frame.filename] = check.reason
+                    else:
+                        kept.append((frame, level))
+                prepared = kept
+            if len(prepared) < minimum:
+                session.commit()  # keep the failed frames' reasons
+                raise NotEnoughInputsError(
+                    f"{instrument.camera} {key.dayobs:%Y%m%d} {obstype}: only {len(prepared)} "
+                    f"usable frame(s) of {len(frames)} (at least {minimum} needed): "
+                    + "; ".join(f"{k}: {v}" for k, v in dropped.items())
+                )
+            result = stack_sources(
+                [spill.band_source(str(f.id)) for f, _ in prepared],
+                k=STACK_K, memory_budget_bytes=memory_budget_bytes,
+            )  # fmt: skip
+            inputs = [f for f, _ in prepared]
+            levels = [lv for _, lv in prepared if lv is not None]
+            unit = {"BIAS": "electron", "DARK": "electron/s", "SKYFLAT": ""}[obstype]
+            master = _master_frame(key, result, levels, inputs, instrument, unit)
+
+        path = master_path(settings.data_dir, site=instrument.site.code, camera=instrument.camera,
+                           dayobs=key.dayobs, obstype=obstype, binning=key.binning,
+                           readout_mode=key.readout_mode, filter_name=key.filter_name)  # fmt: skip
+        checksum = write_product(path, master)
+        row = session.scalar(select(MasterCalibration).where(MasterCalibration.path == str(path)))
+        if row is None:
+            row = MasterCalibration(path=str(path))
+            session.add(row)
+        row.obstype = CalibrationType(obstype)
+        row.instrument_id = key.instrument_id
+        row.binning = key.binning
+        row.readout_mode = key.readout_mode
+        row.filter_name = key.filter_name if obstype == "SKYFLAT" else ""
+        row.dayobs = key.dayobs
+        row.dateobs = _mean_time([f.dateobs for f in inputs])
+        row.checksum = checksum
+        row.is_bad = False
+        row.n_inputs = len(inputs)
+        row.created_at = utcnow()
+        session.flush()
+        session.execute(delete(MasterInput).where(MasterInput.master_id == row.id))
+        session.add_all(MasterInput(master_id=row.id, frame_id=f.id) for f in inputs)
+        for frame in inputs:
+            if frame.state is not FrameState.DONE:
+                frame.state = FrameState.DONE
+                frame.last_error = None
+        session.commit()
+        log.info("built %s master %s from %d frames", obstype, path.name, len(inputs))
+        return BuildResult(master_id=row.id, path=str(path), n_inputs=len(inputs), dropped=dropped,
+                           level=float(np.mean(levels)) if levels else None)  # fmt: skip

@@ -1,0 +1,132 @@
+"""Turn instrument-signature-corrected frames into master inputs, and check them (no I/O).
+
+The notes' recipe, with every parameter:
+
+- **bias**: each frame's level is its 3.5-rstd clipped mean (electrons); it is recorded and
+  removed, so the stack holds the structure only. The master keeps the mean level (``BIASLVL``).
+- **dark**: bias-subtracted, divided by EXPTIME: a rate in electron/s.
+- **sky flat**: bias- and dark-subtracted, divided by the 3.5-rstd clipped mean of its central
+  region (the middle half of each axis, i.e. the central 25% of the pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from pylcogt.frame import Frame, PixelFlag
+from pylcogt.stats import sigma_clipped_mean
+
+__all__ = [
+    "LEVEL_K",
+    "central_region",
+    "remove_bias_level",
+    "to_dark_rate",
+    "normalise_flat",
+    "FlatCheck",
+    "check_flats",
+]
+
+LEVEL_K = 3.5  # rstd: per-image clipped means (bias level, flat normalisation)
+
+
+def central_region(shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The middle half of each axis (the central 25% of the pixels), numpy slices."""
+    ny, nx = shape
+    return slice(ny // 4, ny // 4 + ny // 2), slice(nx // 4, nx // 4 + nx // 2)
+
+
+def remove_bias_level(frame: Frame) -> tuple[Frame, float]:
+    """``(frame - level, level)`` with level the 3.5-rstd clipped mean (masked pixels ignored)."""
+    level = sigma_clipped_mean(frame.sci, frame.bpm, k=LEVEL_K).mean
+    if not np.isfinite(level):
+        raise ValueError(f"{frame.name}: no valid pixel to measure the bias level")
+    header = frame.header.copy()
+    header["BIASLVL"] = (round(level, 4), "[e-] clipped-mean level of this bias frame")
+    return replace(frame, sci=frame.sci - np.float32(level), header=header), level
+
+
+def to_dark_rate(frame: Frame, exptime_s: float) -> Frame:
+    """A bias-subtracted dark as a rate (electron/s); ERR scales the same way."""
+    if not exptime_s > 0:
+        raise ValueError(f"{frame.name}: a dark needs EXPTIME > 0, got {exptime_s}")
+    scale = np.float32(1.0 / exptime_s)
+    err = None if frame.err is None else frame.err * scale
+    return replace(frame, sci=frame.sci * scale, err=err, unit="electron/s")
+
+
+def normalise_flat(frame: Frame) -> tuple[Frame, float]:
+    """``frame / norm`` with norm the 3.5-rstd clipped mean of the central region."""
+    rows, cols = central_region(frame.shape)
+    norm = sigma_clipped_mean(frame.sci[rows, cols], frame.bpm[rows, cols], k=LEVEL_K).mean
+    if not (np.isfinite(norm) and norm > 0):
+        raise ValueError(f"{frame.name}: flat level {norm} in the central region is not positive")
+    scale = np.float32(1.0 / norm)
+    err = None if frame.err is None else frame.err * scale
+    header = frame.header.copy()
+    header["FLATLVL"] = (round(norm, 3), "[e-] central clipped mean, divided out")
+    return replace(frame, sci=frame.sci * scale, err=err, unit="", header=header), norm
+
+
+@dataclass(frozen=True)
+class FlatCheck:
+    """Why a sky flat is left out of its master (``reason`` None: kept)."""
+
+    name: str
+    saturated_fraction: float
+    gradient: float
+    reason: str | None
+
+
+def _block_profile(sci: np.ndarray, axis: int, blocks: int = 16) -> np.ndarray:
+    """Median level in ``blocks`` bands along ``axis`` (0: rows, 1: columns)."""
+    n = sci.shape[axis]
+    edges = np.linspace(0, n, blocks + 1).astype(int)
+    out = np.empty(blocks)
+    for i in range(blocks):
+        band = sci[edges[i] : edges[i + 1], :] if axis == 0 else sci[:, edges[i] : edges[i + 1]]
+        out[i] = np.median(band[::4, ::4])
+    return out
+
+
+def check_flats(
+    flats: list[Frame],
+    *,
+    max_saturated_fraction: float = 0.01,
+    max_gradient: float = 0.05,
+) -> list[FlatCheck]:
+    """Flag normalised sky flats with too much saturation or a shutter failure.
+
+    Saturation: more than ``max_saturated_fraction`` of the pixels flagged SATURATED.
+    Shutter failure: an illumination gradient along the columns or rows of the frame, relative
+    to the median of the night's flats, larger than ``max_gradient`` (fractional change across the
+    frame): a shutter that opens or closes slowly leaves one side brighter. With fewer than three
+    flats there is no reliable reference and only saturation is checked.
+    """
+    profiles = [(_block_profile(f.sci, 0), _block_profile(f.sci, 1)) for f in flats]
+    reference = None
+    if len(flats) >= 3:
+        reference = (
+            np.median([p[0] for p in profiles], axis=0),
+            np.median([p[1] for p in profiles], axis=0),
+        )
+    checks = []
+    for frame, profile in zip(flats, profiles, strict=True):
+        saturated = float(np.mean((frame.bpm & PixelFlag.SATURATED) != 0))
+        gradient = 0.0
+        if reference is not None:
+            for own, ref in zip(profile, reference, strict=True):
+                ratio = own / ref
+                ratio = ratio / np.median(ratio)
+                gradient = max(gradient, float(ratio.max() - ratio.min()))
+        reason = None
+        if saturated > max_saturated_fraction:
+            reason = f"{saturated:.1%} of the pixels saturated (limit {max_saturated_fraction:.1%})"
+        elif gradient > max_gradient:
+            reason = (
+                f"illumination differs from the night's other flats by {gradient:.1%} across the "
+                f"frame (limit {max_gradient:.0%}): shutter failure?"
+            )
+        checks.append(FlatCheck(frame.name, saturated, gradient, reason))
+    return checks

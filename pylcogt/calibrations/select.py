@@ -1,0 +1,266 @@
+"""Choose the master calibration a frame is reduced with.
+
+The matching rules are data (:data:`RULES`): for each master type, the attributes that must equal
+the frame's and the time rule. Every type matches on instrument (one camera on one telescope),
+binning and readout mode (``CONFMODE``); flats also on filter. A type that does not match on
+filter matches masters whose ``filter_name`` is ``''`` (how the registry stores "no filter").
+Only good masters (``is_bad`` false) are candidates.
+
+Time rules, with ``t`` the frame's DATE-OBS and ``dateobs`` a master's effective time:
+
+- ``closest`` (bias, dark, BPM): the smallest ``|dateobs - t|``. An equal distance before and
+  after goes to the earlier master (made from frames taken before this one, as in real time).
+- ``latest_before`` (flat): the latest master with ``dateobs <= t``; only when there is none, the
+  earliest later one, and :attr:`Selection.fallback_later` says so (the caller records it in the
+  header).
+
+Masters with the same ``dateobs`` are told apart by the highest ``id`` (the last registered wins),
+on either side of ``t``. With ``as_of`` only masters with ``created_at < as_of`` are candidates, so
+a backfill reproduces what a night used.
+
+Speed: every lookup is index probes of ``ix_master_calibrations_lookup``: all its equality
+columns are bound, then a range on ``dateobs`` read in index order with ``LIMIT 1``, so a probe
+reads one or two index entries whatever the registry size (never ``ORDER BY abs(...)``, which
+reads every master of the instrument). ``closest`` sends both probes (latest at or before ``t``,
+earliest after) in one ``UNION ALL`` statement; ``latest_before`` sends the first probe and the
+second only when the first finds nothing. With ``as_of`` the probes are also bounded by
+``dateobs < as_of``: a master is registered after its inputs were observed (``dateobs <=
+created_at``), so this drops no real candidate and keeps a backfill probe from walking every
+later master (a master whose ``created_at`` precedes its own ``dateobs`` is never found by an
+``as_of`` lookup).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from pylcogt.db.models import (
+    CalibrationRole,
+    CalibrationType,
+    Instrument,
+    MasterCalibration,
+    RawFrame,
+)
+from pylcogt.errors import CalibrationNotFoundError
+
+__all__ = [
+    "TimeRule",
+    "MatchRule",
+    "RULES",
+    "Selection",
+    "select_master",
+    "select_masters_for_frame",
+]
+
+
+class TimeRule(str, enum.Enum):
+    """How the time of a master is chosen among those that match."""
+
+    CLOSEST = "closest"
+    LATEST_BEFORE = "latest_before"
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """Which master attributes must equal the frame's, the time rule, and the role it plays."""
+
+    obstype: CalibrationType
+    match: tuple[str, ...]
+    time_rule: TimeRule
+    role: CalibrationRole
+
+    @property
+    def matches_filter(self) -> bool:
+        return "filter_name" in self.match
+
+
+_COMMON = ("instrument_id", "binning", "readout_mode")
+
+RULES: Mapping[CalibrationType, MatchRule] = {
+    CalibrationType.BIAS: MatchRule(
+        CalibrationType.BIAS, _COMMON, TimeRule.CLOSEST, CalibrationRole.BIAS
+    ),
+    CalibrationType.DARK: MatchRule(
+        CalibrationType.DARK, _COMMON, TimeRule.CLOSEST, CalibrationRole.DARK
+    ),
+    CalibrationType.SKYFLAT: MatchRule(
+        CalibrationType.SKYFLAT,
+        (*_COMMON, "filter_name"),
+        TimeRule.LATEST_BEFORE,
+        CalibrationRole.FLAT,
+    ),
+    CalibrationType.BPM: MatchRule(
+        CalibrationType.BPM, _COMMON, TimeRule.CLOSEST, CalibrationRole.BPM
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen master, the rule that chose it, and whether a flat had to come from later."""
+
+    master: MasterCalibration
+    rule: MatchRule
+    fallback_later: bool = False
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _as_type(obstype: CalibrationType | str) -> CalibrationType:
+    if isinstance(obstype, CalibrationType):
+        return obstype
+    try:
+        return CalibrationType(str(obstype).upper())
+    except ValueError:
+        known = ", ".join(t.value for t in CalibrationType)
+        raise ValueError(f"unknown calibration type {obstype!r} (one of {known})") from None
+
+
+@functools.cache
+def _probe(later: bool, with_as_of: bool) -> sa.Select:
+    """One index probe, built once: the latest match at or before ``:t``, or the earliest after.
+
+    Every equality column of ``ix_master_calibrations_lookup`` is bound, then a range on
+    ``dateobs`` and ``LIMIT 1`` in index order (``id`` breaks ties among equal ``dateobs``).
+    """
+    m = MasterCalibration
+    t = sa.bindparam("t", type_=sa.DateTime)
+    query = sa.select(m).where(
+        m.instrument_id == sa.bindparam("instrument_id"),
+        m.obstype == sa.bindparam("obstype"),
+        m.binning == sa.bindparam("binning"),
+        m.readout_mode == sa.bindparam("readout_mode"),
+        m.filter_name == sa.bindparam("filter_name"),
+        m.is_bad == sa.false(),
+        m.dateobs > t if later else m.dateobs <= t,
+    )
+    if with_as_of:
+        query = query.where(m.created_at < sa.bindparam("as_of"), m.dateobs < sa.bindparam("as_of"))
+    time_order = m.dateobs.asc() if later else m.dateobs.desc()
+    return query.order_by(time_order, m.id.desc()).limit(1)
+
+
+@functools.cache
+def _both_probes(with_as_of: bool) -> sa.Executable:
+    """Both probes in one statement (one round trip): ``UNION ALL`` of two ``LIMIT 1`` queries."""
+    before = _probe(False, with_as_of).subquery()
+    after = _probe(True, with_as_of).subquery()
+    union = sa.union_all(sa.select(before), sa.select(after))
+    return sa.select(MasterCalibration).from_statement(union)
+
+
+_NONE = "''"
+
+
+def _not_found_message(
+    session: Session, rule: MatchRule, params: Mapping[str, Any], as_of: dt.datetime | None
+) -> str:
+    instrument = session.get(Instrument, params["instrument_id"])
+    if instrument is None:
+        where = f"instrument id {params['instrument_id']} (not in the registry)"
+    else:
+        where = (
+            f"camera {instrument.camera} at site {instrument.site.code} "
+            f"({instrument.telescope} {instrument.enclosure}, instrument id {instrument.id})"
+        )
+    parts = [f"binning {params['binning']}", f"readout mode {params['readout_mode'] or _NONE}"]
+    if rule.matches_filter:
+        parts.insert(0, f"filter {params['filter_name'] or _NONE}")
+    created = f", created before {as_of.isoformat(sep=' ')}" if as_of is not None else ""
+    return (
+        f"no good {rule.obstype.value} master for {where}, {', '.join(parts)}{created} "
+        f"(frame DATE-OBS {params['t'].isoformat(sep=' ')}): build one with `pylcogt stack ...` "
+        "or register one with `pylcogt calibrations add ...`"
+    )
+
+
+def select_master(
+    session: Session,
+    *,
+    instrument_id: int,
+    obstype: CalibrationType | str,
+    binning: str,
+    readout_mode: str | None,
+    filter_name: str | None,
+    dateobs: dt.datetime,
+    as_of: dt.datetime | None = None,
+) -> Selection:
+    """The master of type ``obstype`` that reduces a frame with these attributes (see module doc).
+
+    ``readout_mode``/``filter_name`` ``None`` mean ``''``; ``filter_name`` is ignored for types
+    that do not match on filter. Raises :class:`CalibrationNotFoundError` when no master matches.
+    """
+    rule = RULES[_as_type(obstype)]
+    t = _naive_utc(dateobs)
+    cutoff = None if as_of is None else _naive_utc(as_of)
+    params = {
+        "instrument_id": instrument_id,
+        "obstype": rule.obstype,
+        "binning": binning,
+        "readout_mode": readout_mode or "",
+        "filter_name": (filter_name or "") if rule.matches_filter else "",
+        "t": t,
+    }
+    if cutoff is not None:
+        params["as_of"] = cutoff
+    with_as_of = cutoff is not None
+    if rule.time_rule is TimeRule.LATEST_BEFORE:  # usually one probe; the later one if needed
+        earlier = session.scalars(_probe(False, with_as_of), params).first()
+        if earlier is not None:
+            return Selection(earlier, rule)
+        later = session.scalars(_probe(True, with_as_of), params).first()
+        if later is not None:
+            return Selection(later, rule, fallback_later=True)
+    else:
+        rows = session.scalars(_both_probes(with_as_of), params).all()
+        earlier = next((r for r in rows if r.dateobs <= t), None)
+        later = next((r for r in rows if r.dateobs > t), None)
+        if earlier is not None and (later is None or t - earlier.dateobs <= later.dateobs - t):
+            return Selection(earlier, rule)
+        if later is not None:
+            return Selection(later, rule)
+    raise CalibrationNotFoundError(_not_found_message(session, rule, params, cutoff))
+
+
+def select_masters_for_frame(
+    session: Session,
+    raw_frame: RawFrame,
+    needed_types: Iterable[CalibrationType | str],
+    *,
+    as_of: dt.datetime | None = None,
+) -> dict[CalibrationType, Selection]:
+    """:func:`select_master` for each needed type, keyed by type.
+
+    Raises one :class:`CalibrationNotFoundError` naming every type that has no master.
+    """
+    chosen: dict[CalibrationType, Selection] = {}
+    missing: list[str] = []
+    for obstype in dict.fromkeys(_as_type(t) for t in needed_types):
+        try:
+            chosen[obstype] = select_master(
+                session,
+                instrument_id=raw_frame.instrument_id,
+                obstype=obstype,
+                binning=raw_frame.binning,
+                readout_mode=raw_frame.readout_mode,
+                filter_name=raw_frame.filter_name,
+                dateobs=raw_frame.dateobs,
+                as_of=as_of,
+            )
+        except CalibrationNotFoundError as exc:
+            missing.append(str(exc))
+    if missing:
+        raise CalibrationNotFoundError(f"{raw_frame.filename}: " + "; ".join(missing))
+    return chosen

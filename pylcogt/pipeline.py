@@ -1,0 +1,97 @@
+"""Run the stage chains on a raw frame with the masters given. No database, no files.
+
+Chains by OBSTYPE (a stage runs because it is in the chain):
+
+- science (``EXPOSE``, ``STANDARD``): instrument signature -> bad-pixel mask -> bias -> dark ->
+  flat;
+- master inputs: ``BIAS``: instrument signature -> level removed; ``DARK``: -> bias -> rate;
+  ``SKYFLAT``: -> bias -> dark -> normalised.
+
+The worker (or the CLI) selects and reads the masters and passes them in as :class:`Masters`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pylcogt.calibrations.prepare import normalise_flat, remove_bias_level, to_dark_rate
+from pylcogt.frame import Frame, RawImage
+from pylcogt.stages.badpixels import apply_bpm
+from pylcogt.stages.bias import subtract_bias
+from pylcogt.stages.dark import subtract_dark
+from pylcogt.stages.flat import divide_flat
+from pylcogt.stages.isr import remove_instrument_signature
+
+__all__ = ["LoadedMaster", "Masters", "NEEDED_MASTERS", "reduce_science", "prepare_master_input"]
+
+
+@dataclass(frozen=True)
+class LoadedMaster:
+    """A master read from disk, with its registry id (``fallback_later``: a flat taken after
+    the frame because none exists before)."""
+
+    frame: Frame
+    master_id: int | None = None
+    fallback_later: bool = False
+
+
+@dataclass(frozen=True)
+class Masters:
+    """The masters for one frame, by role; ``None`` where the chain does not need one."""
+
+    bias: LoadedMaster | None = None
+    dark: LoadedMaster | None = None
+    flat: LoadedMaster | None = None
+    bpm: LoadedMaster | None = None
+    extra: dict = field(default_factory=dict)
+
+
+#: Master types each OBSTYPE's chain needs (BPM is applied when one is registered).
+NEEDED_MASTERS: dict[str, tuple[str, ...]] = {
+    "BIAS": (),
+    "DARK": ("BIAS",),
+    "SKYFLAT": ("BIAS", "DARK"),
+    "EXPOSE": ("BIAS", "DARK", "SKYFLAT"),
+    "STANDARD": ("BIAS", "DARK", "SKYFLAT"),
+}
+
+
+def _require(master: LoadedMaster | None, role: str, frame: Frame) -> LoadedMaster:
+    if master is None:
+        raise ValueError(f"{frame.name}: the {role} master is required for this chain")
+    return master
+
+
+def _bias_dark(frame: Frame, masters: Masters, exptime_s: float, *, dark: bool) -> Frame:
+    if masters.bpm is not None:
+        frame = apply_bpm(frame, masters.bpm.frame, master_id=masters.bpm.master_id)
+    bias = _require(masters.bias, "bias", frame)
+    frame = subtract_bias(frame, bias.frame, master_id=bias.master_id)
+    if dark:
+        master = _require(masters.dark, "dark", frame)
+        frame = subtract_dark(frame, master.frame, exptime_s=exptime_s, master_id=master.master_id)
+    return frame
+
+
+def reduce_science(raw: RawImage, masters: Masters, *, exptime_s: float) -> Frame:
+    """A science frame, fully calibrated (electrons)."""
+    frame = _bias_dark(remove_instrument_signature(raw), masters, exptime_s, dark=True)
+    flat = _require(masters.flat, "flat", frame)
+    return divide_flat(
+        frame, flat.frame, master_id=flat.master_id, fallback_later=flat.fallback_later
+    )
+
+
+def prepare_master_input(
+    raw: RawImage, obstype: str, masters: Masters, *, exptime_s: float
+) -> tuple[Frame, float | None]:
+    """A frame ready to stack into a master of ``obstype``, and its level (bias: the removed
+    level, electrons; flat: the normalisation, electrons; dark: None)."""
+    frame = remove_instrument_signature(raw)
+    if obstype == "BIAS":
+        return remove_bias_level(frame)
+    if obstype == "DARK":
+        return to_dark_rate(_bias_dark(frame, masters, exptime_s, dark=False), exptime_s), None
+    if obstype == "SKYFLAT":
+        return normalise_flat(_bias_dark(frame, masters, exptime_s, dark=True))
+    raise ValueError(f"no master is made from OBSTYPE {obstype!r}")

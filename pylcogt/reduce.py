@@ -1,0 +1,139 @@
+"""Reduce one registered science frame: select masters, run the chain, write, record.
+
+Service code (database and files) around :func:`pylcogt.pipeline.reduce_science`. Outcomes are
+recorded on the frame's row: ``done`` with its product; ``waiting_calibration`` when a master
+does not exist yet (the reason names what is missing); ``failed`` when the frame's data are bad.
+The product is written atomically first, then the row and its provenance rows
+(``frame_calibrations``) are replaced in one transaction: a crash leaves the old result or the
+new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, joinedload, sessionmaker
+
+from pylcogt.calibrations.build import load_master
+from pylcogt.calibrations.select import select_master, select_masters_for_frame
+from pylcogt.config import Settings
+from pylcogt.db.models import (
+    CalibrationRole,
+    CalibrationType,
+    FrameCalibration,
+    FrameState,
+    Instrument,
+    RawFrame,
+)
+from pylcogt.errors import CalibrationNotFoundError, UnprocessableFrameError
+from pylcogt.instruments import SCIENCE_OBSTYPES
+from pylcogt.io.products import write_product
+from pylcogt.io.raw_read import read_raw
+from pylcogt.paths import product_path
+from pylcogt.pipeline import Masters, reduce_science
+
+__all__ = ["ReduceResult", "reduce_frame"]
+
+log = logging.getLogger(__name__)
+
+_ROLE = {
+    CalibrationType.BIAS: CalibrationRole.BIAS,
+    CalibrationType.DARK: CalibrationRole.DARK,
+    CalibrationType.SKYFLAT: CalibrationRole.FLAT,
+    CalibrationType.BPM: CalibrationRole.BPM,
+}
+
+
+@dataclass
+class ReduceResult:
+    frame_id: int
+    path: str
+    state: str
+    product_path: str | None = None
+    error: str | None = None
+    masters: dict[str, dict] = field(default_factory=dict)  # role -> {id, path}
+
+
+def _load_frame(session: Session, frame_id: int) -> RawFrame:
+    query = select(RawFrame).options(joinedload(RawFrame.instrument).joinedload(Instrument.site))
+    return session.scalars(query.where(RawFrame.id == frame_id)).one()
+
+
+def reduce_frame(
+    maker: sessionmaker[Session],
+    settings: Settings,
+    frame_id: int,
+    *,
+    as_of: dt.datetime | None = None,
+) -> ReduceResult:
+    """Reduce registered science frame ``frame_id`` and record the outcome on its row."""
+    with maker() as session:
+        frame = _load_frame(session, frame_id)
+        result = ReduceResult(frame_id=frame.id, path=frame.path, state=frame.state.value)
+        if frame.obstype not in SCIENCE_OBSTYPES:
+            msg = (
+                f"{frame.filename} is a {frame.obstype} frame: calibration frames are combined "
+                f"into masters with `pylcogt stack`, not reduced one by one"
+            )
+            raise UnprocessableFrameError(msg, path=frame.path)
+        try:
+            needed = (CalibrationType.BIAS, CalibrationType.DARK, CalibrationType.SKYFLAT)
+            chosen = select_masters_for_frame(session, frame, needed, as_of=as_of)
+            # a bad-pixel mask is applied when one is registered
+            with contextlib.suppress(CalibrationNotFoundError):
+                chosen[CalibrationType.BPM] = select_master(
+                    session, instrument_id=frame.instrument_id, obstype=CalibrationType.BPM,
+                    binning=frame.binning, readout_mode=frame.readout_mode, filter_name="",
+                    dateobs=frame.dateobs, as_of=as_of,
+                )  # fmt: skip
+            loaded = {
+                t: load_master(sel.master, fallback_later=sel.fallback_later)
+                for t, sel in chosen.items()
+            }
+            masters = Masters(
+                bias=loaded[CalibrationType.BIAS],
+                dark=loaded[CalibrationType.DARK],
+                flat=loaded[CalibrationType.SKYFLAT],
+                bpm=loaded.get(CalibrationType.BPM),
+            )
+            reduced = reduce_science(read_raw(frame.path), masters, exptime_s=frame.exptime_s)
+            out = product_path(settings.data_dir, site=frame.instrument.site.code,
+                               camera=frame.instrument.camera, dayobs=frame.dayobs,
+                               raw_filename=frame.filename)  # fmt: skip
+            write_product(out, reduced)
+        except CalibrationNotFoundError as exc:
+            frame.state = FrameState.WAITING_CALIBRATION
+            frame.last_error = str(exc)
+            session.commit()
+            log.warning("%s waits for a calibration: %s", frame.filename, exc)
+            result.state, result.error = frame.state.value, str(exc)
+            return result
+        except UnprocessableFrameError as exc:
+            frame.state = FrameState.FAILED
+            frame.attempts += 1
+            frame.last_error = str(exc)
+            session.commit()
+            log.error("%s failed: %s", frame.filename, exc)
+            result.state, result.error = frame.state.value, str(exc)
+            return result
+
+        session.execute(delete(FrameCalibration).where(FrameCalibration.frame_id == frame.id))
+        for obstype, selection in chosen.items():
+            session.add(FrameCalibration(frame_id=frame.id, role=_ROLE[obstype],
+                                         master_id=selection.master.id))  # fmt: skip
+            result.masters[_ROLE[obstype].value] = {
+                "id": selection.master.id,
+                "path": selection.master.path,
+                "fallback_later": selection.fallback_later,
+            }
+        frame.state = FrameState.DONE
+        frame.product_path = str(out)
+        frame.last_error = None
+        session.commit()
+        result.state, result.product_path = frame.state.value, str(out)
+        log.info("reduced %s -> %s", frame.filename, out.name)
+        return result

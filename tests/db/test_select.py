@@ -1,0 +1,467 @@
+"""Calibration selection on both databases: matching, time rules, ties, as-of, errors, plans."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from pylcogt.calibrations.select import (
+    RULES,
+    Selection,
+    TimeRule,
+    select_master,
+    select_masters_for_frame,
+)
+from pylcogt.db import migrate
+from pylcogt.db.models import (
+    CalibrationRole,
+    CalibrationType,
+    CameraFamily,
+    FrameState,
+    Instrument,
+    MasterCalibration,
+    RawFrame,
+    Site,
+)
+from pylcogt.db.session import dispose_engines, get_engine, get_sessionmaker
+from pylcogt.errors import CalibrationNotFoundError
+
+T0 = dt.datetime(2026, 11, 29, 3, 0, 0)
+H = dt.timedelta(hours=1)
+D = dt.timedelta(days=1)
+BIAS, DARK, FLAT, BPM = (
+    CalibrationType.BIAS,
+    CalibrationType.DARK,
+    CalibrationType.SKYFLAT,
+    CalibrationType.BPM,
+)
+CLOSEST_TYPES = [BIAS, DARK, BPM]
+_paths = itertools.count()
+
+
+@dataclass
+class Registry:
+    session: Session
+    fa03: int  # camera fa03 on lsc 1m0a doma
+    fa04: int  # a second camera on the same telescope
+
+    def add(
+        self,
+        obstype: CalibrationType,
+        dateobs: dt.datetime,
+        *,
+        instrument_id: int | None = None,
+        binning: str = "1x1",
+        readout_mode: str = "full_frame",
+        filter_name: str | None = None,
+        is_bad: bool = False,
+        created_at: dt.datetime | None = None,
+    ) -> MasterCalibration:
+        if filter_name is None:
+            filter_name = "rp" if obstype is FLAT else ""
+        master = MasterCalibration(
+            obstype=obstype,
+            instrument_id=self.fa03 if instrument_id is None else instrument_id,
+            binning=binning,
+            readout_mode=readout_mode,
+            filter_name=filter_name,
+            dayobs=(dateobs - 12 * H).date(),
+            dateobs=dateobs,
+            path=f"/masters/{next(_paths)}.fits",
+            checksum="0" * 64,
+            is_bad=is_bad,
+            n_inputs=5,
+            created_at=created_at or dateobs + 6 * H,
+        )
+        self.session.add(master)
+        self.session.flush()
+        return master
+
+    def select(self, obstype: CalibrationType | str, dateobs: dt.datetime, **kw) -> Selection:
+        options = {
+            "instrument_id": self.fa03,
+            "binning": "1x1",
+            "readout_mode": "full_frame",
+            "filter_name": "rp",
+        }
+        options.update(kw)
+        return select_master(self.session, obstype=obstype, dateobs=dateobs, **options)
+
+
+def _instruments(session: Session, n: int = 2) -> list[int]:
+    site = Site(code="lsc", name="Cerro Tololo")
+    session.add(site)
+    session.flush()
+    instruments = [
+        Instrument(
+            site_id=site.id,
+            enclosure="doma",
+            telescope="1m0a",
+            camera=f"fa{3 + i:02d}",
+            family=CameraFamily.SINISTRO,
+            nx=4096,
+            ny=4096,
+            n_amplifiers=4,
+        )
+        for i in range(n)
+    ]
+    session.add_all(instruments)
+    session.flush()
+    return [i.id for i in instruments]
+
+
+@pytest.fixture
+def reg(db_url: str) -> Iterator[Registry]:
+    migrate.upgrade(db_url)
+    with get_sessionmaker(db_url)() as session:
+        fa03, fa04 = _instruments(session)
+        yield Registry(session, fa03, fa04)
+        session.rollback()
+
+
+# --- time rules ---------------------------------------------------------------------------
+@pytest.mark.parametrize("obstype", CLOSEST_TYPES)
+def test_closest_picks_nearer_of_before_and_after(reg: Registry, obstype) -> None:
+    early = reg.add(obstype, T0 - 3 * H)
+    late = reg.add(obstype, T0 + 1 * H)
+    chosen = reg.select(obstype, T0)
+    assert chosen.master.id == late.id and not chosen.fallback_later
+    assert chosen.rule.time_rule is TimeRule.CLOSEST
+    assert reg.select(obstype, T0 - 2 * H).master.id == early.id
+    assert reg.select(obstype, T0 - 10 * D).master.id == early.id  # only later ones exist
+    assert reg.select(obstype, T0 + 10 * D).master.id == late.id
+
+
+@pytest.mark.parametrize("obstype", CLOSEST_TYPES)
+def test_closest_equal_distance_prefers_earlier(reg: Registry, obstype) -> None:
+    late = reg.add(obstype, T0 + 2 * H)  # registered first: ids do not decide this tie
+    early = reg.add(obstype, T0 - 2 * H)
+    assert reg.select(obstype, T0).master.id == early.id
+    assert reg.select(obstype, T0 + dt.timedelta(microseconds=1)).master.id == late.id
+
+
+@pytest.mark.parametrize("obstype", [BIAS, FLAT])
+def test_equal_dateobs_prefers_highest_id(reg: Registry, obstype) -> None:
+    before = [reg.add(obstype, T0 - 1 * H) for _ in range(3)]
+    assert reg.select(obstype, T0).master.id == max(m.id for m in before)
+    after = [reg.add(obstype, T0 + 5 * D, instrument_id=reg.fa04) for _ in range(3)]
+    chosen = reg.select(obstype, T0 + 4 * D, instrument_id=reg.fa04)  # only later ones
+    assert chosen.master.id == max(m.id for m in after)
+    exact = [reg.add(obstype, T0 + 10 * D) for _ in range(2)]  # dateobs == frame time
+    assert reg.select(obstype, T0 + 10 * D).master.id == max(m.id for m in exact)
+
+
+def test_flat_prefers_at_or_before_over_closer_later(reg: Registry) -> None:
+    old = reg.add(FLAT, T0 - 5 * D)
+    reg.add(FLAT, T0 + 1 * H)
+    chosen = reg.select(FLAT, T0)
+    assert chosen.master.id == old.id and not chosen.fallback_later
+    assert chosen.rule.time_rule is TimeRule.LATEST_BEFORE
+    assert chosen.rule.role is CalibrationRole.FLAT
+    same_time = reg.add(FLAT, T0)
+    assert reg.select(FLAT, T0).master.id == same_time.id  # "at" counts as before
+
+
+def test_flat_falls_back_to_earliest_later_with_flag(reg: Registry) -> None:
+    reg.add(FLAT, T0 + 2 * D)
+    first_later = reg.add(FLAT, T0 + 1 * D)
+    reg.add(FLAT, T0 - 1 * D, is_bad=True)
+    chosen = reg.select(FLAT, T0)
+    assert chosen.master.id == first_later.id
+    assert chosen.fallback_later is True
+
+
+# --- matching -----------------------------------------------------------------------------
+@pytest.mark.parametrize("obstype", [BIAS, DARK, FLAT, BPM])
+def test_bad_masters_are_skipped(reg: Registry, obstype) -> None:
+    good = reg.add(obstype, T0 - 2 * D)
+    reg.add(obstype, T0 - 1 * H, is_bad=True)
+    reg.add(obstype, T0, is_bad=True)
+    reg.add(obstype, T0 + 1 * H, is_bad=True)
+    assert reg.select(obstype, T0).master.id == good.id
+    good.is_bad = True
+    reg.session.flush()
+    with pytest.raises(CalibrationNotFoundError, match=f"no good {obstype.value} master"):
+        reg.select(obstype, T0)
+
+
+@pytest.mark.parametrize("obstype", [BIAS, DARK, FLAT, BPM])
+def test_other_instrument_binning_readout_or_filter_never_chosen(reg: Registry, obstype) -> None:
+    far = reg.add(obstype, T0 - 30 * D)
+    for when in (T0 - 1 * H, T0, T0 + 1 * H):
+        reg.add(obstype, when, instrument_id=reg.fa04)  # other camera, same telescope
+        reg.add(obstype, when, binning="2x2")
+        reg.add(obstype, when, readout_mode="central_2k_2x2")
+        if obstype is FLAT:
+            reg.add(obstype, when, filter_name="V")
+    assert reg.select(obstype, T0).master.id == far.id
+    far.is_bad = True
+    reg.session.flush()
+    with pytest.raises(CalibrationNotFoundError):
+        reg.select(obstype, T0)
+
+
+def test_filter_ignored_for_types_without_filter(reg: Registry) -> None:
+    bias = reg.add(BIAS, T0 - 1 * D)
+    assert reg.select(BIAS, T0, filter_name="V").master.id == bias.id
+    assert reg.select(BIAS, T0, filter_name=None).master.id == bias.id
+    assert RULES[BIAS].match == ("instrument_id", "binning", "readout_mode")
+    assert RULES[FLAT].match == ("instrument_id", "binning", "readout_mode", "filter_name")
+
+
+def test_other_type_never_chosen(reg: Registry) -> None:
+    dark = reg.add(DARK, T0 - 2 * D)
+    reg.add(BIAS, T0)
+    reg.add(BPM, T0)
+    reg.add(FLAT, T0, filter_name="")
+    assert reg.select(DARK, T0).master.id == dark.id
+
+
+def test_missing_readout_mode_matches_empty(reg: Registry) -> None:
+    unknown = reg.add(BIAS, T0 - 1 * D, readout_mode="")
+    reg.add(BIAS, T0, readout_mode="full_frame")
+    assert reg.select(BIAS, T0, readout_mode=None).master.id == unknown.id
+
+
+# --- as-of ----------------------------------------------------------------------------------
+def test_as_of_excludes_masters_created_later(reg: Registry) -> None:
+    old = reg.add(BIAS, T0 - 1 * D, created_at=T0 - 1 * D + 2 * H)
+    new = reg.add(BIAS, T0 + 30 * dt.timedelta(minutes=1), created_at=T0 + 3 * H)
+    assert reg.select(BIAS, T0).master.id == new.id
+    assert reg.select(BIAS, T0, as_of=T0 + 2 * H).master.id == old.id
+    assert reg.select(BIAS, T0, as_of=new.created_at).master.id == old.id  # strictly before
+    later = new.created_at + dt.timedelta(microseconds=1)
+    assert reg.select(BIAS, T0, as_of=later).master.id == new.id
+    with pytest.raises(CalibrationNotFoundError, match=r"created before 2026-11-27 00:00:00"):
+        reg.select(BIAS, T0, as_of=T0 - 2 * D - 3 * H)
+
+
+def test_as_of_flat_falls_back_when_earlier_one_created_later(reg: Registry) -> None:
+    # reprocessed: a flat of an earlier night registered long after the frame was reduced
+    reg.add(FLAT, T0 - 1 * D, created_at=T0 + 20 * D)
+    later = reg.add(FLAT, T0 + 1 * D, created_at=T0 + 1 * D + 2 * H)
+    chosen = reg.select(FLAT, T0, as_of=T0 + 5 * D)
+    assert chosen.master.id == later.id and chosen.fallback_later
+
+
+def test_timezone_aware_times_are_utc(reg: Registry) -> None:
+    early = reg.add(BIAS, T0 - 3 * H)
+    late = reg.add(BIAS, T0 + 1 * H)
+    chile = dt.timezone(dt.timedelta(hours=-3))
+    # 01:00 at UTC-3 is 04:00 UTC: exactly the later master (read as UTC it would be the earlier)
+    assert reg.select(BIAS, dt.datetime(2026, 11, 29, 1, 0, tzinfo=chile)).master.id == late.id
+    as_of = (late.created_at + 1 * H).replace(tzinfo=dt.timezone.utc).astimezone(chile)
+    assert reg.select(BIAS, T0, as_of=as_of).master.id == late.id
+    assert reg.select(BIAS, T0, as_of=as_of.replace(tzinfo=None)).master.id == early.id
+
+
+# --- errors ---------------------------------------------------------------------------------
+def test_no_master_error_names_what_and_what_to_do(reg: Registry) -> None:
+    reg.add(FLAT, T0, filter_name="V")  # wrong filter: still nothing for rp
+    pattern = (
+        r"no good SKYFLAT master for camera fa03 at site lsc \(1m0a doma, instrument id \d+\), "
+        r"filter rp, binning 1x1, readout mode full_frame \(frame DATE-OBS 2026-11-29 03:00:00\)"
+        r": build one with `pylcogt stack \.\.\.` or register one with "
+        r"`pylcogt calibrations add \.\.\.`"
+    )
+    with pytest.raises(CalibrationNotFoundError, match=pattern):
+        reg.select(FLAT, T0)
+    with pytest.raises(CalibrationNotFoundError, match=r"BIAS master for camera fa04") as info:
+        reg.select("bias", T0, instrument_id=reg.fa04, binning="2x2", readout_mode="")
+    assert "filter" not in str(info.value)
+    assert "binning 2x2, readout mode ''" in str(info.value)
+    with pytest.raises(CalibrationNotFoundError, match=r"instrument id 999999 \(not in"):
+        reg.select(DARK, T0, instrument_id=999_999)
+
+
+def test_unknown_type_is_a_value_error(reg: Registry) -> None:
+    with pytest.raises(ValueError, match="unknown calibration type 'FRINGE'"):
+        reg.select("FRINGE", T0)
+
+
+# --- per frame ------------------------------------------------------------------------------
+def _frame(reg: Registry, **kw) -> RawFrame:
+    values = {
+        "path": f"/raw/{uuid.uuid4().hex}.fits",
+        "filename": "lsc1m005-fa03-20261128-0100-e00.fits",
+        "checksum": "1" * 64,
+        "file_size": 1,
+        "state": FrameState.PENDING,
+        "obstype": "EXPOSE",
+        "instrument_id": reg.fa03,
+        "dateobs": T0,
+        "dayobs": (T0 - 12 * H).date(),
+        "exptime_s": 30.0,
+        "filter_name": "rp",
+        "binning": "1x1",
+        "readout_mode": "full_frame",
+    }
+    values.update(kw)
+    frame = RawFrame(**values)
+    reg.session.add(frame)
+    reg.session.flush()
+    return frame
+
+
+def test_select_masters_for_frame(reg: Registry) -> None:
+    bias = reg.add(BIAS, T0 - 1 * H)
+    dark = reg.add(DARK, T0 + 1 * H)
+    flat = reg.add(FLAT, T0 + 1 * D)
+    reg.add(FLAT, T0 - 1 * D, filter_name="V")
+    chosen = select_masters_for_frame(reg.session, _frame(reg), ["bias", DARK, FLAT, BIAS])
+    assert list(chosen) == [BIAS, DARK, FLAT]
+    assert {t: s.master.id for t, s in chosen.items()} == {
+        BIAS: bias.id,
+        DARK: dark.id,
+        FLAT: flat.id,
+    }
+    assert chosen[FLAT].fallback_later and not chosen[BIAS].fallback_later
+    assert [s.rule.role for s in chosen.values()] == [
+        CalibrationRole.BIAS,
+        CalibrationRole.DARK,
+        CalibrationRole.FLAT,
+    ]
+
+
+def test_select_masters_for_frame_names_every_missing_type(reg: Registry) -> None:
+    reg.add(BIAS, T0 - 1 * H, readout_mode="")
+    frame = _frame(reg, filter_name="V", readout_mode=None)
+    pattern = (
+        r"^lsc1m005-fa03-20261128-0100-e00\.fits: no good DARK master .*readout mode ''.*; "
+        r"no good SKYFLAT master .*filter V, binning 1x1"
+    )
+    with pytest.raises(CalibrationNotFoundError, match=pattern) as info:
+        select_masters_for_frame(reg.session, frame, [BIAS, DARK, FLAT])
+    assert "BIAS" not in str(info.value)
+    with pytest.raises(CalibrationNotFoundError, match=r"no good BIAS master .*created before"):
+        select_masters_for_frame(reg.session, frame, [BIAS], as_of=T0 - 1 * D)
+
+
+# --- query plans ------------------------------------------------------------------------------
+def _seed_many(session: Session, n_instruments: int = 40, nights: int = 150) -> list[int]:
+    """Thousands of masters (bias, dark, flats in 4 filters) on many instruments."""
+    ids = _instruments(session, n_instruments)
+    rows = []
+    for k, iid in enumerate(ids):
+        for night in range(nights):
+            t = T0 - night * D + (k % 7) * H
+            for obstype, filt in (
+                (BIAS, ""),
+                (DARK, ""),
+                (FLAT, ("gp", "rp", "ip", "zs")[night % 4]),
+            ):
+                rows.append(
+                    {
+                        "obstype": obstype,
+                        "instrument_id": iid,
+                        "binning": "1x1",
+                        "readout_mode": "full_frame",
+                        "filter_name": filt,
+                        "dayobs": t.date(),
+                        "dateobs": t,
+                        "path": f"/m/{uuid.uuid4().hex}",
+                        "checksum": "0" * 64,
+                        "is_bad": night % 17 == 0,
+                        "n_inputs": 5,
+                        "created_at": t + 6 * H,
+                    }
+                )
+    session.execute(sa.insert(MasterCalibration), rows)
+    session.commit()
+    return ids
+
+
+def _lookup_sql(url: str, session: Session, **kw) -> list[tuple[str, object]]:
+    """The SELECTs that :func:`select_master` sends, with parameters as the driver got them."""
+    captured: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            captured.append((statement, parameters))
+
+    engine = get_engine(url)
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        select_master(session, **kw)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    return captured
+
+
+# (lookup, index probes per statement): closest sends both probes in one statement; a flat
+# sends one, and a second only when nothing is at or before the frame (seeded: 150 nights back)
+_LOOKUPS = [
+    ({"obstype": BIAS, "dateobs": T0 - 40 * D - 3 * H}, [2]),
+    ({"obstype": DARK, "dateobs": T0 - 40 * D, "as_of": T0 - 20 * D}, [2]),
+    ({"obstype": FLAT, "dateobs": T0 - 40 * D}, [1]),
+    ({"obstype": FLAT, "dateobs": T0 - 200 * D, "as_of": T0}, [1, 1]),
+]
+_KEY = {"binning": "1x1", "readout_mode": "full_frame", "filter_name": "rp"}
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database only (the EXPLAIN test is about PostgreSQL's planner)."""
+    admin = request.getfixturevalue("_postgres_admin_engine")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.postgres
+def test_lookup_is_an_index_probe_on_postgresql(postgres_url: str) -> None:
+    migrate.upgrade(postgres_url)
+    with get_sessionmaker(postgres_url)() as session:
+        ids = _seed_many(session)
+        session.execute(sa.text("ANALYZE master_calibrations"))
+        session.commit()
+        for lookup, probes in _LOOKUPS:
+            sent = _lookup_sql(postgres_url, session, instrument_id=ids[17], **_KEY, **lookup)
+            assert len(sent) == len(probes), lookup
+            for (sql, params), n_probes in zip(sent, probes, strict=True):
+                with get_engine(postgres_url).connect() as conn:
+                    plan = "\n".join(conn.exec_driver_sql("EXPLAIN " + sql, params).scalars())
+                assert plan.count("using ix_master_calibrations_lookup") == n_probes, plan
+                assert plan.count("Limit") == n_probes, plan
+                assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
+
+
+def test_lookup_is_an_index_probe_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    migrate.upgrade(url)
+    probe = (
+        "SEARCH master_calibrations USING INDEX ix_master_calibrations_lookup (instrument_id=? "
+        "AND obstype=? AND binning=? AND readout_mode=? AND filter_name=? AND is_bad=? AND dateobs"
+    )
+    try:
+        with get_sessionmaker(url)() as session:
+            ids = _seed_many(session, n_instruments=5)
+            session.execute(sa.text("ANALYZE"))
+            session.commit()
+            for lookup, probes in _LOOKUPS:
+                sent = _lookup_sql(url, session, instrument_id=ids[3], **_KEY, **lookup)
+                assert len(sent) == len(probes), lookup
+                for (sql, params), n_probes in zip(sent, probes, strict=True):
+                    with get_engine(url).connect() as conn:
+                        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()
+                    plan = [str(r[-1]) for r in rows]
+                    reads = [line for line in plan if "master_calibrations" in line]
+                    assert len(reads) == n_probes, plan
+                    assert all(line.startswith(probe) for line in reads), plan
+    finally:
+        dispose_engines()

@@ -1,0 +1,91 @@
+"""Master inputs: bias level, dark rate, flat normalisation and flat rejection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from pylcogt.calibrations.prepare import (
+    central_region,
+    check_flats,
+    normalise_flat,
+    remove_bias_level,
+    to_dark_rate,
+)
+from pylcogt.frame import Frame, PixelFlag
+
+
+def frame(sci, *, unit="electron", name="f", bpm=None, err=None) -> Frame:
+    sci = np.asarray(sci, np.float32)
+    return Frame(sci=sci, err=None if err is None else np.asarray(err, np.float32),
+                 bpm=np.zeros(sci.shape, np.uint8) if bpm is None else bpm,
+                 header=fits.Header(), unit=unit, name=name)  # fmt: skip
+
+
+def test_bias_level_ignores_cosmic_rays_and_hot_pixels() -> None:
+    rng = np.random.default_rng(0)
+    sci = rng.normal(812.0, 7.0, (200, 200))
+    sci[rng.integers(0, 200, 400), rng.integers(0, 200, 400)] += 5000.0  # 1% outliers
+    out, level = remove_bias_level(frame(sci))
+    assert level == pytest.approx(812.0, abs=0.1)
+    assert out.header["BIASLVL"] == pytest.approx(level, abs=1e-3)
+    assert np.median(out.sci) == pytest.approx(0.0, abs=0.1)
+
+
+def test_bias_level_ignores_masked_pixels() -> None:
+    sci = np.full((50, 50), 100.0)
+    bpm = np.zeros((50, 50), np.uint8)
+    sci[:, :20] = 1e4
+    bpm[:, :20] = PixelFlag.BAD
+    _, level = remove_bias_level(frame(sci, bpm=bpm))
+    assert level == 100.0
+
+
+def test_dark_rate_is_exact() -> None:
+    out = to_dark_rate(frame(np.full((4, 4), 45.0), err=np.full((4, 4), 9.0)), 300.0)
+    assert out.unit == "electron/s"
+    np.testing.assert_allclose(out.sci, 0.15, rtol=1e-6)
+    np.testing.assert_allclose(out.err, 0.03, rtol=1e-6)
+    with pytest.raises(ValueError, match="EXPTIME > 0"):
+        to_dark_rate(frame(np.ones((2, 2))), 0.0)
+
+
+def test_flat_normalised_to_one_in_the_central_quarter() -> None:
+    y, x = np.mgrid[0:400, 0:300]
+    vignetting = 1.0 - 0.2 * (((x - 150) / 150) ** 2 + ((y - 200) / 200) ** 2)
+    sci = 20000.0 * vignetting
+    out, norm = normalise_flat(frame(sci))
+    rows, cols = central_region(sci.shape)
+    assert (rows, cols) == (slice(100, 300), slice(75, 225))
+    assert np.mean(out.sci[rows, cols]) == pytest.approx(1.0, abs=1e-3)
+    assert norm == pytest.approx(np.mean(sci[rows, cols]), rel=1e-3)
+    assert out.unit == ""
+
+
+def _flats(n: int, seed: int = 1) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:256, 0:256]
+    pattern = 1.0 - 0.1 * (((x - 128) / 128) ** 2 + ((y - 128) / 128) ** 2)
+    return [
+        frame(pattern * rng.normal(1.0, 0.003, pattern.shape), name=f"flat{i}") for i in range(n)
+    ]
+
+
+def test_good_flats_are_kept() -> None:
+    checks = check_flats(_flats(6))
+    assert [c.reason for c in checks] == [None] * 6
+    assert max(c.gradient for c in checks) < 0.01
+
+
+def test_shutter_failure_and_saturation_are_rejected() -> None:
+    flats = _flats(6)
+    ramp = np.linspace(0.85, 1.0, 256)[:, None]  # one side darker: slow shutter
+    flats[2] = frame(flats[2].sci * ramp, name="shutter")
+    bpm = np.zeros((256, 256), np.uint8)
+    bpm[:40, :] = PixelFlag.SATURATED
+    flats[4] = frame(flats[4].sci, bpm=bpm, name="saturated")
+    reasons = {c.name: c.reason for c in check_flats(flats)}
+    assert "shutter failure" in reasons["shutter"]
+    assert "saturated" in reasons["saturated"]
+    assert sum(r is None for r in reasons.values()) == 4
