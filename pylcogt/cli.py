@@ -426,12 +426,13 @@ def _parse_time(text: str) -> dt.datetime:
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import literal as sa_literal
     from sqlalchemy import select
 
-    from pylcogt.calibrations.build import GroupKey, build_master
-    from pylcogt.db.models import Instrument, RawFrame
+    from pylcogt.calibrations.build import GroupKey, build_bpm_master, build_master
+    from pylcogt.db.models import Instrument, MasterCalibration, RawFrame
 
-    obstype = {"bias": "BIAS", "dark": "DARK", "skyflat": "SKYFLAT"}[args.type]
+    obstype = {"bias": "BIAS", "dark": "DARK", "skyflat": "SKYFLAT", "bpm": "BPM"}[args.type]
     maker = _maker(settings)
     with maker() as session:
         instruments = session.scalars(
@@ -441,14 +442,25 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigurationError(
                 f"no instrument {args.instrument!r} is registered; ingest its frames first"
             )
-        query = (
-            select(RawFrame.instrument_id, RawFrame.binning, RawFrame.readout_mode,
-                   RawFrame.filter_name)
-            .where(RawFrame.instrument_id.in_([i.id for i in instruments]),
-                   RawFrame.dayobs == args.night, RawFrame.obstype == obstype,
-                   RawFrame.state != FrameState.REJECTED)
-            .distinct()
-        )  # fmt: skip
+        ids = [i.id for i in instruments]
+        if obstype == "BPM":  # derived from the night's master darks and flats
+            query = (
+                select(MasterCalibration.instrument_id, MasterCalibration.binning,
+                       MasterCalibration.readout_mode, sa_literal(""))
+                .where(MasterCalibration.instrument_id.in_(ids),
+                       MasterCalibration.dayobs == args.night,
+                       MasterCalibration.obstype.in_(["DARK", "SKYFLAT"]),
+                       MasterCalibration.is_bad.is_(False))
+                .distinct()
+            )  # fmt: skip
+        else:
+            query = (
+                select(RawFrame.instrument_id, RawFrame.binning, RawFrame.readout_mode,
+                       RawFrame.filter_name)
+                .where(RawFrame.instrument_id.in_(ids), RawFrame.dayobs == args.night,
+                       RawFrame.obstype == obstype, RawFrame.state != FrameState.REJECTED)
+                .distinct()
+            )  # fmt: skip
         groups = set()
         for inst_id, binning, mode, filt in session.execute(query):
             if args.binning and binning != args.binning:
@@ -459,7 +471,8 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
                                 filt if obstype == "SKYFLAT" else ""))  # fmt: skip
     if not groups:
         raise ConfigurationError(
-            f"no registered {obstype} frames of {args.instrument} on {args.night:%Y%m%d}"
+            f"no registered {'master darks or flats' if obstype == 'BPM' else obstype + ' frames'}"
+            f" of {args.instrument} on {args.night:%Y%m%d}"
             + (f" in filter {args.filter}" if args.filter else "")
         )
     show, done = _stderr_progress(not args.quiet)
@@ -469,8 +482,12 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             groups, key=lambda g: (g.instrument_id, g.binning, g.readout_mode, g.filter_name)
         ):
             try:
-                built = build_master(
-                    maker, settings, key, min_inputs=args.min_inputs, progress=show
+                built = (
+                    build_bpm_master(maker, settings, key)
+                    if obstype == "BPM"
+                    else build_master(
+                        maker, settings, key, min_inputs=args.min_inputs, progress=show
+                    )
                 )
             except PylcogtError as exc:
                 results.append({"type": obstype, "filter": key.filter_name, "binning": key.binning,
@@ -711,7 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Darks need a master bias, flats a bias and a dark.")  # fmt: skip
     p.add_argument("--instrument", required=True, help="camera, e.g. fa15")
     p.add_argument("--night", required=True, type=_parse_night, help="DAY-OBS, YYYYMMDD")
-    p.add_argument("--type", required=True, choices=["bias", "dark", "skyflat"])
+    p.add_argument(
+        "--type",
+        required=True,
+        choices=["bias", "dark", "skyflat", "bpm"],
+        help="bpm derives a bad-pixel mask from the night's master dark and flats",
+    )
     p.add_argument("--filter", help="only this filter (flats)")
     p.add_argument("--binning", help="only this binning, e.g. 2x2")
     p.add_argument("--min-inputs", type=int,

@@ -22,6 +22,7 @@ from astropy.io import fits
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
+from pylcogt.calibrations.bpm import derive_bpm
 from pylcogt.calibrations.prepare import check_flats
 from pylcogt.calibrations.select import select_master
 from pylcogt.calibrations.stack import DEFAULT_MEMORY_BUDGET_BYTES, stack_sources
@@ -44,7 +45,16 @@ from pylcogt.paths import master_path
 from pylcogt.pipeline import NEEDED_MASTERS, LoadedMaster, Masters, prepare_master_input
 from pylcogt.stages.flat import DEFAULT_MIN_RESPONSE
 
-__all__ = ["GroupKey", "BuildResult", "MIN_INPUTS", "group_frames", "build_master", "load_master"]
+__all__ = [
+    "GroupKey",
+    "BuildResult",
+    "MIN_INPUTS",
+    "group_frames",
+    "build_master",
+    "build_bpm_master",
+    "register_master",
+    "load_master",
+]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +174,92 @@ def _mean_time(times: list[dt.datetime]) -> dt.datetime:
     return origin + dt.timedelta(seconds=offset)
 
 
+def register_master(
+    session: Session,
+    key: GroupKey,
+    *,
+    path: str,
+    checksum: str,
+    dateobs: dt.datetime,
+    input_ids: list[int],
+) -> MasterCalibration:
+    """Insert (or, for the same path, replace) a master's row and its input rows (flushed)."""
+    row = session.scalar(select(MasterCalibration).where(MasterCalibration.path == path))
+    if row is None:
+        row = MasterCalibration(path=path)
+        session.add(row)
+    row.obstype = CalibrationType(key.obstype)
+    row.instrument_id = key.instrument_id
+    row.binning = key.binning
+    row.readout_mode = key.readout_mode
+    row.filter_name = key.filter_name if key.obstype == "SKYFLAT" else ""
+    row.dayobs = key.dayobs
+    row.dateobs = dateobs
+    row.checksum = checksum
+    row.is_bad = False
+    row.n_inputs = len(input_ids)
+    row.created_at = utcnow()
+    session.flush()
+    session.execute(delete(MasterInput).where(MasterInput.master_id == row.id))
+    session.add_all(MasterInput(master_id=row.id, frame_id=i) for i in sorted(set(input_ids)))
+    session.flush()
+    return row
+
+
+def build_bpm_master(
+    maker: sessionmaker[Session], settings: Settings, key: GroupKey
+) -> BuildResult:
+    """Derive the night's bad-pixel mask from its master dark and flats, write and register it.
+
+    Uses the good masters of ``key``'s night, instrument, binning and readout mode (any filter).
+    Its inputs (provenance) are the raw frames of those masters.
+    """
+    with maker() as session:
+        query = select(Instrument).options(joinedload(Instrument.site))
+        instrument = session.scalars(query.where(Instrument.id == key.instrument_id)).one()
+        masters = (
+            session.scalars(
+                select(MasterCalibration)
+                .options(joinedload(MasterCalibration.inputs))
+                .where(
+                    MasterCalibration.instrument_id == key.instrument_id,
+                    MasterCalibration.dayobs == key.dayobs,
+                    MasterCalibration.binning == key.binning,
+                    MasterCalibration.readout_mode == key.readout_mode,
+                    MasterCalibration.is_bad.is_(False),
+                    MasterCalibration.obstype.in_([CalibrationType.DARK, CalibrationType.SKYFLAT]),
+                )
+                .order_by(MasterCalibration.id)
+            )
+            .unique()
+            .all()
+        )
+        darks = [m for m in masters if m.obstype is CalibrationType.DARK]
+        flats = [m for m in masters if m.obstype is CalibrationType.SKYFLAT]
+        if not masters:
+            raise NotEnoughInputsError(
+                f"{instrument.camera} {key.dayobs:%Y%m%d}: no master dark or flat for "
+                f"{key.binning} to derive a bad-pixel mask from; run `pylcogt stack` first"
+            )
+        dark = read_product(darks[-1].path) if darks else None
+        mask = derive_bpm(dark, [read_product(m.path) for m in flats])
+        used = ([darks[-1]] if darks else []) + flats
+        mask.header["OBSTYPE"] = ("BPM", "master calibration type")
+        mask.header["INSTRUME"] = instrument.camera
+        mask.header["DAY-OBS"] = key.dayobs.strftime("%Y%m%d")
+        path = master_path(settings.data_dir, site=instrument.site.code, camera=instrument.camera,
+                           dayobs=key.dayobs, obstype="BPM", binning=key.binning,
+                           readout_mode=key.readout_mode)  # fmt: skip
+        checksum = write_product(path, mask)
+        input_ids = [i.frame_id for m in used for i in m.inputs]
+        row = register_master(session, key, path=str(path), checksum=checksum,
+                              dateobs=_mean_time([m.dateobs for m in used]),
+                              input_ids=input_ids)  # fmt: skip
+        session.commit()
+        log.info("derived bad-pixel mask %s: %s bad pixels", path.name, mask.header["NBADPIX"])
+        return BuildResult(master_id=row.id, path=str(path), n_inputs=row.n_inputs)
+
+
 def build_master(
     maker: sessionmaker[Session],
     settings: Settings,
@@ -234,24 +330,9 @@ def build_master(
                            dayobs=key.dayobs, obstype=obstype, binning=key.binning,
                            readout_mode=key.readout_mode, filter_name=key.filter_name)  # fmt: skip
         checksum = write_product(path, master)
-        row = session.scalar(select(MasterCalibration).where(MasterCalibration.path == str(path)))
-        if row is None:
-            row = MasterCalibration(path=str(path))
-            session.add(row)
-        row.obstype = CalibrationType(obstype)
-        row.instrument_id = key.instrument_id
-        row.binning = key.binning
-        row.readout_mode = key.readout_mode
-        row.filter_name = key.filter_name if obstype == "SKYFLAT" else ""
-        row.dayobs = key.dayobs
-        row.dateobs = _mean_time([f.dateobs for f in inputs])
-        row.checksum = checksum
-        row.is_bad = False
-        row.n_inputs = len(inputs)
-        row.created_at = utcnow()
-        session.flush()
-        session.execute(delete(MasterInput).where(MasterInput.master_id == row.id))
-        session.add_all(MasterInput(master_id=row.id, frame_id=f.id) for f in inputs)
+        row = register_master(session, key, path=str(path), checksum=checksum,
+                              dateobs=_mean_time([f.dateobs for f in inputs]),
+                              input_ids=[f.id for f in inputs])  # fmt: skip
         for frame in inputs:
             if frame.state is not FrameState.DONE:
                 frame.state = FrameState.DONE

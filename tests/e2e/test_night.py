@@ -26,7 +26,7 @@ def night(tmp_path_factory) -> dict:
         "--n-flat", str(N_FLAT), "--n-science", "1", "-q", cwd=work)  # fmt: skip
     run("ingest", str(raw), "-q", cwd=work)
     built = {}
-    for kind in ("bias", "dark", "skyflat"):
+    for kind in ("bias", "dark", "skyflat", "bpm"):
         out = run("stack", "--instrument", "fa15", "--night", "20261128", "--type", kind, "--json",
                   "-q", cwd=work)  # fmt: skip
         built[kind] = json.loads(out.stdout)
@@ -92,7 +92,7 @@ def test_science_frames_recover_sky_and_star_fluxes(night) -> None:
     ratios = []
     for entry in night["reduced"]:
         assert entry["state"] == "done", entry
-        assert set(entry["masters"]) == {"bias", "dark", "flat"}
+        assert set(entry["masters"]) == {"bias", "dark", "flat", "bpm"}
         frame = read_product(Path(entry["product"]))
         info = truth_files[Path(entry["path"]).name]
         sky = np.median(frame.sci[frame.bpm == 0])
@@ -127,9 +127,12 @@ def test_provenance_is_recorded(night) -> None:
             ("bias", "BIAS"),
             ("dark", "DARK"),
             ("flat", "SKYFLAT"),
+            ("bpm", "BPM"),
         }
         inputs = db.execute("SELECT count(*) FROM master_inputs").fetchone()[0]
-        assert inputs == 2 * N_BIAS + 2 * N_DARK + 2 * 2 * N_FLAT
+        masters = 2 * N_BIAS + 2 * N_DARK + 2 * 2 * N_FLAT
+        bpm_inputs = 2 * N_DARK + 2 * 2 * N_FLAT  # the raw frames of the dark and flats
+        assert inputs == masters + bpm_inputs
         states = dict(
             db.execute(
                 "SELECT obstype, count(*) FROM raw_frames WHERE state='done' GROUP BY obstype"
@@ -141,3 +144,31 @@ def test_provenance_is_recorded(night) -> None:
             "SKYFLAT": 4 * N_FLAT,
             "EXPOSE": 2,
         }
+
+
+def test_bad_pixel_mask_flags_hot_pixels_in_products(night) -> None:
+    (bpm,) = night["built"]["bpm"]
+    mask = read_product(Path(bpm["path"]))
+    hot = night["truth"]["hot_pixels"]
+    flagged = [mask.bpm[y - 1, x - 1] & PixelFlag.BAD for x, y, rate in hot if rate > 2.0]
+    assert len(flagged) > 5 and all(flagged)
+    for x, _ in night["truth"]["bad_columns"]:
+        assert (mask.bpm[:, x - 1] & PixelFlag.BAD).all()
+    assert mask.header["NBADPIX"] < 0.02 * mask.bpm.size
+    product = read_product(Path(night["reduced"][0]["product"]))
+    assert all(product.bpm[y - 1, x - 1] & PixelFlag.BAD for x, y, rate in hot if rate > 2.0)
+
+
+def test_reducing_again_replaces_product_and_provenance(night) -> None:
+    entry = night["reduced"][0]
+    before = Path(entry["product"]).stat().st_mtime_ns
+    again = json.loads(run("reduce", entry["path"], "--json", "-q", cwd=night["work"]).stdout)
+    assert again[0]["state"] == "done" and again[0]["product"] == entry["product"]
+    assert Path(entry["product"]).stat().st_mtime_ns >= before
+    with sqlite3.connect(night["work"] / "pylcogt.db") as db:
+        rows = db.execute(
+            "SELECT count(*) FROM frame_calibrations c JOIN raw_frames f ON f.id = c.frame_id "
+            "WHERE f.path = ?",
+            (entry["path"],),
+        ).fetchone()[0]
+    assert rows == 4  # bias, dark, flat, bpm: replaced, not duplicated
