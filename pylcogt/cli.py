@@ -514,7 +514,25 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all("error" not in r for r in results) else 1
 
 
+def _calibrations_add(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.calibrations.build import add_external_bpm
+
+    if not Path(args.file).is_file():
+        raise ConfigurationError(f"no such file: {args.file}")
+    built = add_external_bpm(_maker(settings), settings, args.file, camera=args.instrument,
+                             dayobs=args.night, binning=args.binning,
+                             readout_mode=args.readout_mode)  # fmt: skip
+    result = {"type": "BPM", "master_id": built.master_id, "path": built.path}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"registered bad-pixel mask {built.master_id}: {built.path}")
+    return 0
+
+
 def cmd_calibrations(args: argparse.Namespace, settings: Settings) -> int:
+    if args.calibrations_command == "add":
+        return _calibrations_add(args, settings)
     from sqlalchemy import select
     from sqlalchemy.orm import joinedload
 
@@ -742,6 +760,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = add("calibrations", "list master calibrations")
     c_sub = cal.add_subparsers(dest="calibrations_command", required=True, metavar="ACTION")
+    p = c_sub.add_parser("add", help="register a calibration made elsewhere (a bad-pixel mask)",
+                         parents=[common])  # fmt: skip
+    p.add_argument("file", help="FITS file: a BPM extension or a 2-D image, non-zero = bad")
+    p.add_argument("--type", required=True, type=str.upper, choices=["BPM"])
+    p.add_argument("--instrument", required=True, help="camera, e.g. fa15")
+    p.add_argument("--night", required=True, type=_parse_night, help="DAY-OBS it applies from")
+    p.add_argument("--binning", default="1x1", help="binning it applies to (default: 1x1)")
+    p.add_argument("--readout-mode", default="", help="CONFMODE it applies to (default: none)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p = c_sub.add_parser("list", help="list registered masters", parents=[common])
     p.add_argument("--type", type=str.upper, choices=["BIAS", "DARK", "SKYFLAT", "BPM"])
     p.add_argument("--night", type=_parse_night, help="only this DAY-OBS")

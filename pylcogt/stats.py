@@ -31,6 +31,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from pylcogt.frame import PixelFlag
+
 __all__ = [
     "RSTD_PER_MAD",
     "FLAG_NO_VALID_INPUT",
@@ -46,7 +48,7 @@ __all__ = [
 #: ``rstd = RSTD_PER_MAD * MAD``: the standard deviation of a Gaussian from its MAD.
 RSTD_PER_MAD = 1.4826
 #: BPM bit set on a stacked pixel with no kept value: ``PixelFlag.BAD`` (1).
-FLAG_NO_VALID_INPUT = np.uint8(1)
+FLAG_NO_VALID_INPUT = np.uint8(PixelFlag.BAD)
 #: ``n_kept`` is uint16, so a stack holds at most this many frames.
 MAX_STACK_FRAMES = 65535
 
@@ -220,9 +222,8 @@ def clip_stack_band(
             masks = masks.view(np.uint8)
         elif masks.dtype != np.uint8:
             masks = (masks != 0).view(np.uint8)
-    else:
-        masks = np.zeros((0, 0, 0), np.uint8)
-    errs = _as_stack(errs, "errs", np.float32, values.shape) if has_err else values[:0]
+    if has_err:
+        errs = _as_stack(errs, "errs", np.float32, values.shape)
     if out is None:
         out = StackBand(
             mean=np.empty((rows, cols), np.float32),
@@ -242,17 +243,15 @@ def clip_stack_band(
     pixels = rows * cols
     if pixels == 0:
         return out
-    flat_values, stride = _flat_planes(values)
-    flat_masks, mask_stride = _flat_planes(masks) if has_mask else (masks.reshape(-1), stride)
-    flat_errs, err_stride = _flat_planes(errs) if has_err else (values[:0].reshape(-1), stride)
-    if mask_stride != stride or err_stride != stride:  # rare: planes spaced differently
-        flat_values, flat_masks, flat_errs = (
-            np.ascontiguousarray(a).reshape(-1) if present else empty
-            for a, present, empty in (
-                (values, True, None), (masks, has_mask, flat_masks), (errs, has_err, flat_errs)
-            )
-        )  # fmt: skip
-        stride = pixels
+    present = [values] + ([masks] if has_mask else []) + ([errs] if has_err else [])
+    flats = [_flat_planes(a) for a in present]
+    if len({stride for _, stride in flats}) > 1:  # rare: planes spaced differently
+        flats = [(np.ascontiguousarray(a).reshape(-1), pixels) for a in present]
+    stride = flats[0][1]
+    given = iter(flat for flat, _ in flats)
+    flat_values = next(given)
+    flat_masks = next(given) if has_mask else np.zeros(0, np.uint8)
+    flat_errs = next(given) if has_err else np.zeros(0, np.float32)
     flat = (flat_values, flat_masks, flat_errs, n_frames, stride)
     outputs = [a.reshape(-1) for a in planes]
     workspace = StackWorkspace() if workspace is None else workspace
@@ -462,7 +461,7 @@ def _clip_chunk(
         n_kept[p] = m
         if m == 0:
             mean[p] = np.nan
-            bpm[p] = 1
+            bpm[p] = 1  # FLAG_NO_VALID_INPUT
             if has_err:
                 err[p] = np.nan
         else:

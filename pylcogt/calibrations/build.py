@@ -36,7 +36,7 @@ from pylcogt.db.models import (
     RawFrame,
     utcnow,
 )
-from pylcogt.errors import NotEnoughInputsError, UnprocessableFrameError
+from pylcogt.errors import ConfigurationError, NotEnoughInputsError, UnprocessableFrameError
 from pylcogt.frame import Frame, PixelFlag
 from pylcogt.io.products import read_product, write_product
 from pylcogt.io.raw_read import read_raw
@@ -52,6 +52,7 @@ __all__ = [
     "group_frames",
     "build_master",
     "build_bpm_master",
+    "add_external_bpm",
     "register_master",
     "load_master",
 ]
@@ -258,6 +259,55 @@ def build_bpm_master(
         session.commit()
         log.info("derived bad-pixel mask %s: %s bad pixels", path.name, mask.header["NBADPIX"])
         return BuildResult(master_id=row.id, path=str(path), n_inputs=row.n_inputs)
+
+
+def add_external_bpm(
+    maker: sessionmaker[Session],
+    settings: Settings,
+    source: str,
+    *,
+    camera: str,
+    dayobs: dt.date,
+    binning: str,
+    readout_mode: str = "",
+) -> BuildResult:
+    """Register a bad-pixel mask made elsewhere (``pylcogt calibrations add FILE --type BPM``).
+
+    The mask is copied into the data directory as a master product; its effective time is noon
+    UTC of ``dayobs`` (selection takes the mask closest in time, like a derived one).
+    """
+    from pylcogt.io.products import read_mask
+
+    try:
+        flags = read_mask(source)
+    except (OSError, ValueError) as exc:
+        raise UnprocessableFrameError(f"cannot use {source} as a bad-pixel mask: {exc}") from None
+    with maker() as session:
+        query = select(Instrument).options(joinedload(Instrument.site))
+        instruments = session.scalars(query.where(Instrument.camera == camera.lower())).all()
+        if len(instruments) != 1:
+            raise ConfigurationError(
+                f"camera {camera!r} matches {len(instruments)} registered instruments; "
+                "ingest its frames first (it must match exactly one)"
+            )
+        (instrument,) = instruments
+        header = fits.Header()
+        header["OBSTYPE"] = ("BPM", "master calibration type")
+        header["INSTRUME"] = instrument.camera
+        header["DAY-OBS"] = dayobs.strftime("%Y%m%d")
+        header["BPMFILE"] = (str(source)[-60:], "mask made outside pylcogt")
+        header["NBADPIX"] = (int(np.count_nonzero(flags)), "pixels flagged")
+        mask = Frame(sci=flags.astype(np.float32), err=None, bpm=flags, header=header, unit="")
+        path = master_path(settings.data_dir, site=instrument.site.code, camera=instrument.camera,
+                           dayobs=dayobs, obstype="bpm-added", binning=binning,
+                           readout_mode=readout_mode)  # fmt: skip
+        checksum = write_product(path, mask)
+        key = GroupKey(instrument.id, dayobs, "BPM", binning, readout_mode)
+        noon = dt.datetime.combine(dayobs, dt.time(12))
+        row = register_master(session, key, path=str(path), checksum=checksum, dateobs=noon,
+                              input_ids=[])  # fmt: skip
+        session.commit()
+        return BuildResult(master_id=row.id, path=str(path), n_inputs=0)
 
 
 def build_master(

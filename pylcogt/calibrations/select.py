@@ -37,6 +37,7 @@ import enum
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,25 +83,30 @@ class MatchRule:
         return "filter_name" in self.match
 
 
+# the equality columns of ix_master_calibrations_lookup besides obstype and is_bad; a column a
+# rule does not match on is bound to '' (how the registry stores "n/a"), so every probe binds them
+_KEY_COLUMNS = ("instrument_id", "binning", "readout_mode", "filter_name")
 _COMMON = ("instrument_id", "binning", "readout_mode")
 
-RULES: Mapping[CalibrationType, MatchRule] = {
-    CalibrationType.BIAS: MatchRule(
-        CalibrationType.BIAS, _COMMON, TimeRule.CLOSEST, CalibrationRole.BIAS
-    ),
-    CalibrationType.DARK: MatchRule(
-        CalibrationType.DARK, _COMMON, TimeRule.CLOSEST, CalibrationRole.DARK
-    ),
-    CalibrationType.SKYFLAT: MatchRule(
-        CalibrationType.SKYFLAT,
-        (*_COMMON, "filter_name"),
-        TimeRule.LATEST_BEFORE,
-        CalibrationRole.FLAT,
-    ),
-    CalibrationType.BPM: MatchRule(
-        CalibrationType.BPM, _COMMON, TimeRule.CLOSEST, CalibrationRole.BPM
-    ),
-}
+RULES: Mapping[CalibrationType, MatchRule] = MappingProxyType(
+    {
+        CalibrationType.BIAS: MatchRule(
+            CalibrationType.BIAS, _COMMON, TimeRule.CLOSEST, CalibrationRole.BIAS
+        ),
+        CalibrationType.DARK: MatchRule(
+            CalibrationType.DARK, _COMMON, TimeRule.CLOSEST, CalibrationRole.DARK
+        ),
+        CalibrationType.SKYFLAT: MatchRule(
+            CalibrationType.SKYFLAT,
+            (*_COMMON, "filter_name"),
+            TimeRule.LATEST_BEFORE,
+            CalibrationRole.FLAT,
+        ),
+        CalibrationType.BPM: MatchRule(
+            CalibrationType.BPM, _COMMON, TimeRule.CLOSEST, CalibrationRole.BPM
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -205,14 +211,14 @@ def select_master(
     rule = RULES[_as_type(obstype)]
     t = _naive_utc(dateobs)
     cutoff = None if as_of is None else _naive_utc(as_of)
-    params = {
+    frame = {
         "instrument_id": instrument_id,
-        "obstype": rule.obstype,
         "binning": binning,
         "readout_mode": readout_mode or "",
-        "filter_name": (filter_name or "") if rule.matches_filter else "",
-        "t": t,
+        "filter_name": filter_name or "",
     }
+    params: dict[str, Any] = {c: frame[c] if c in rule.match else "" for c in _KEY_COLUMNS}
+    params.update(obstype=rule.obstype, t=t)
     if cutoff is not None:
         params["as_of"] = cutoff
     with_as_of = cutoff is not None

@@ -153,10 +153,16 @@ class _RawPlane:
     def _convert(self, raw: np.ndarray, out: np.ndarray, path: Path) -> None:
         if out.dtype == np.uint8:  # a BPM plane: integer flags that must fit in 8 bits
             if self.bitpix < 0 or self.bzero != 0 or self.bscale != 1:
-                msg = f"{path.name}: a BPM plane must hold unscaled integers, got BITPIX={self.bitpix}"
+                msg = (
+                    f"{path.name}: a BPM plane must hold unscaled integers, "
+                    f"got BITPIX={self.bitpix}"
+                )
                 raise UnprocessableFrameError(msg, path=str(path), keyword="BITPIX")
             if raw.size and (raw.min() < 0 or raw.max() > 255):
-                msg = f"{path.name}: BPM values must be 8-bit flags (0-255), found {raw.min()}..{raw.max()}"
+                msg = (
+                    f"{path.name}: BPM values must be 8-bit flags (0-255), "
+                    f"found {raw.min()}..{raw.max()}"
+                )
                 raise UnprocessableFrameError(msg, path=str(path))
             np.copyto(out, raw, casting="unsafe")
             return

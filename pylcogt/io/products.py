@@ -20,7 +20,7 @@ from astropy.table import Table
 from pylcogt.frame import Frame
 from pylcogt.io.scan import sha256_file
 
-__all__ = ["write_product", "read_product", "clean_header"]
+__all__ = ["write_product", "read_product", "read_mask", "clean_header"]
 
 # cards that describe a file's structure, not the observation: never copied between files
 _STRUCTURAL = {
@@ -100,3 +100,17 @@ def read_product(path: Path) -> Frame:
         bpm = np.asarray(hdul["BPM"].data, dtype=np.uint8)
         err = np.asarray(hdul["ERR"].data, dtype=np.float32) if "ERR" in hdul else None
     return Frame(sci=sci, err=err, bpm=bpm, header=header, unit=unit, name=path.name)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A bad-pixel mask made elsewhere: the ``BPM`` extension if there is one, else the first
+    image. Integer values 0-255 are kept as flag bits; any other non-zero value becomes 1 (BAD).
+    """
+    with fits.open(path) as hdul:
+        hdu = hdul["BPM"] if "BPM" in hdul else next((h for h in hdul if h.data is not None), None)
+        if hdu is None or hdu.data is None or hdu.data.ndim != 2:
+            raise ValueError(f"{Path(path).name} holds no 2-D image to use as a bad-pixel mask")
+        data = np.asarray(hdu.data)
+    if np.issubdtype(data.dtype, np.integer) and data.min() >= 0 and data.max() <= 255:
+        return data.astype(np.uint8)
+    return (np.nan_to_num(data, nan=1.0) != 0).astype(np.uint8)

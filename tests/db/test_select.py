@@ -128,6 +128,16 @@ def reg(db_url: str) -> Iterator[Registry]:
         session.rollback()
 
 
+def test_rules_cover_every_type() -> None:
+    assert set(RULES) == set(CalibrationType)
+    for obstype, rule in RULES.items():
+        assert rule.obstype is obstype
+        assert {"instrument_id", "binning", "readout_mode"} <= set(rule.match)
+        assert rule.matches_filter is (obstype is FLAT)
+        expected = TimeRule.LATEST_BEFORE if obstype is FLAT else TimeRule.CLOSEST
+        assert rule.time_rule is expected
+
+
 # --- time rules ---------------------------------------------------------------------------
 @pytest.mark.parametrize("obstype", CLOSEST_TYPES)
 def test_closest_picks_nearer_of_before_and_after(reg: Registry, obstype) -> None:
@@ -347,7 +357,7 @@ def test_select_masters_for_frame_names_every_missing_type(reg: Registry) -> Non
 
 
 # --- query plans ------------------------------------------------------------------------------
-def _seed_many(session: Session, n_instruments: int = 40, nights: int = 150) -> list[int]:
+def _seed_many(session: Session, n_instruments: int = 30, nights: int = 100) -> list[int]:
     """Thousands of masters (bias, dark, flats in 4 filters) on many instruments."""
     ids = _instruments(session, n_instruments)
     rows = []
@@ -398,7 +408,7 @@ def _lookup_sql(url: str, session: Session, **kw) -> list[tuple[str, object]]:
 
 
 # (lookup, index probes per statement): closest sends both probes in one statement; a flat
-# sends one, and a second only when nothing is at or before the frame (seeded: 150 nights back)
+# sends one, and a second only when nothing is at or before the frame (seeded: 100 nights back)
 _LOOKUPS = [
     ({"obstype": BIAS, "dateobs": T0 - 40 * D - 3 * H}, [2]),
     ({"obstype": DARK, "dateobs": T0 - 40 * D, "as_of": T0 - 20 * D}, [2]),

@@ -172,3 +172,22 @@ def test_reducing_again_replaces_product_and_provenance(night) -> None:
             (entry["path"],),
         ).fetchone()[0]
     assert rows == 4  # bias, dark, flat, bpm: replaced, not duplicated
+
+
+def test_external_bad_pixel_mask_is_registered(night) -> None:
+    from astropy.io import fits
+
+    work = night["work"]
+    flags = np.zeros((512, 512), np.uint8)
+    flags[100, 200] = 1
+    fits.PrimaryHDU(flags).writeto(work / "mask.fits")
+    out = json.loads(run("calibrations", "add", str(work / "mask.fits"), "--type", "bpm",
+                         "--instrument", "fa15", "--night", "20261128", "--readout-mode",
+                         "full_frame", "--json", cwd=work).stdout)  # fmt: skip
+    listed = json.loads(run("calibrations", "list", "--type", "bpm", "--json", cwd=work).stdout)
+    assert out["master_id"] in {m["id"] for m in listed} and len(listed) == 2
+    assert read_product(Path(out["path"])).bpm[100, 200] == 1
+    (work / "junk.fits").write_text("not fits")
+    bad = run("calibrations", "add", str(work / "junk.fits"), "--type", "BPM", "--instrument",
+              "fa15", "--night", "20261128", cwd=work, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "cannot use" in bad.stderr

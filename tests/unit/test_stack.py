@@ -100,14 +100,16 @@ def test_budget_sets_the_band_height_and_each_source_is_read_once_in_row_order()
 
 def test_choose_band_rows_and_the_peak_estimate():
     shape = (4096, 4096)
-    rows = choose_band_rows(64, shape, has_err=True, has_bpm=True)
-    peak = estimate_peak_bytes(64, shape, rows, has_err=True, has_bpm=True)
-    assert 1 <= rows < 4096 and peak <= 1 << 30
-    assert estimate_peak_bytes(64, shape, rows + 1, has_err=True, has_bpm=True) > 1 << 30
+    per_row = 4096 * 64 * (4 + 4 + 1)
+    # a roomy budget: bands of ~64 MiB of inputs, which stay in cache between read and kernel
+    assert choose_band_rows(64, shape, has_err=True, has_bpm=True) == (64 << 20) // per_row
+    # a tight one: the largest band that fits
+    tight = estimate_peak_bytes(64, shape, 10, has_err=True, has_bpm=True) + per_row - 1
+    rows = choose_band_rows(64, shape, has_err=True, has_bpm=True, memory_budget_bytes=tight)
+    assert rows == 10
     outputs = 4096 * 4096 * (4 + 4 + 1 + 2)
     scratch = estimate_peak_bytes(64, shape, 0, has_err=True, has_bpm=True) - outputs
     assert 2 << 20 < scratch < 8 << 20  # read buffers, a ~1 MiB chunk per thread, padding
-    per_row = 4096 * 64 * (4 + 4 + 1)
     assert estimate_peak_bytes(64, shape, 10, has_err=True, has_bpm=True) == (
         outputs + scratch + 10 * per_row
     )

@@ -323,6 +323,20 @@ def test_non_contiguous_and_float64_inputs():
     np.testing.assert_array_equal(got.mean, clip_stack_band(view.astype(np.float32)).mean)
 
 
+def test_planes_spaced_apart_are_read_in_place():
+    # the stacker's band buffers: each plane C-contiguous, planes a padded stride apart
+    rng = np.random.default_rng(11)
+    n_frames, rows, cols, stride = 6, 5, 7, 5 * 7 + 13
+    buffer = rng.normal(0, 1, n_frames * stride).astype(np.float32)
+    values = np.lib.stride_tricks.as_strided(
+        buffer, shape=(n_frames, rows, cols), strides=(stride * 4, cols * 4, 4)
+    )
+    masks = np.zeros((n_frames, rows, cols), bool)
+    masks[2, 1, 1] = True
+    got = assert_matches_reference(values, masks, np.ones(values.shape, np.float32))
+    assert got.n_kept[1, 1] <= n_frames - 1
+
+
 def test_stack_argument_checks():
     values = np.zeros((3, 2, 2), np.float32)
     with pytest.raises(ValueError, match="must be 3-D"):
