@@ -176,19 +176,34 @@ def _not_found_message(
     instrument = session.get(Instrument, params["instrument_id"])
     if instrument is None:
         where = f"instrument id {params['instrument_id']} (not in the registry)"
+        camera = "CAMERA"
     else:
+        camera = instrument.camera
         where = (
-            f"camera {instrument.camera} at site {instrument.site.code} "
+            f"camera {camera} at site {instrument.site.code} "
             f"({instrument.telescope} {instrument.enclosure}, instrument id {instrument.id})"
         )
-    parts = [f"binning {params['binning']}", f"readout mode {params['readout_mode'] or _NONE}"]
+    binning, mode = params["binning"], params["readout_mode"]
+    parts = [f"binning {binning}", f"readout mode {mode or _NONE}"]
+    stack = f"pylcogt stack --type {rule.obstype.value.lower()} --instrument {camera} --night "
+    stack += "YYYYMMDD"
     if rule.matches_filter:
         parts.insert(0, f"filter {params['filter_name'] or _NONE}")
+        stack += f" --filter {params['filter_name'] or _NONE}"
+    stack += f" --binning {binning}"
     created = f", created before {as_of.isoformat(sep=' ')}" if as_of is not None else ""
+    todo = f"build one with `{stack}`"
+    if rule.obstype is CalibrationType.BPM:
+        todo += (
+            f" or register one made elsewhere with `pylcogt calibrations add FILE --type BPM "
+            f"--instrument {camera} --night YYYYMMDD --binning {binning} "
+            f"--readout-mode {mode or _NONE}`"
+        )
+    else:  # `calibrations add` registers only bad-pixel masks so far
+        todo += f" (YYYYMMDD: a night with {rule.obstype.value} frames of this camera and mode)"
     return (
         f"no good {rule.obstype.value} master for {where}, {', '.join(parts)}{created} "
-        f"(frame DATE-OBS {params['t'].isoformat(sep=' ')}): build one with `pylcogt stack ...` "
-        "or register one with `pylcogt calibrations add ...`"
+        f"(frame DATE-OBS {params['t'].isoformat(sep=' ')}): {todo}"
     )
 
 

@@ -280,11 +280,19 @@ def test_no_master_error_names_what_and_what_to_do(reg: Registry) -> None:
     pattern = (
         r"no good SKYFLAT master for camera fa03 at site lsc \(1m0a doma, instrument id \d+\), "
         r"filter rp, binning 1x1, readout mode full_frame \(frame DATE-OBS 2026-11-29 03:00:00\)"
-        r": build one with `pylcogt stack \.\.\.` or register one with "
-        r"`pylcogt calibrations add \.\.\.`"
+        r": build one with `pylcogt stack --type skyflat --instrument fa03 --night YYYYMMDD "
+        r"--filter rp --binning 1x1` \(YYYYMMDD: a night with SKYFLAT frames of this camera"
     )
     with pytest.raises(CalibrationNotFoundError, match=pattern):
         reg.select(FLAT, T0)
+    pattern = (
+        r"no good BPM master for camera fa03 .*: build one with `pylcogt stack --type bpm "
+        r"--instrument fa03 --night YYYYMMDD --binning 1x1` or register one made elsewhere with "
+        r"`pylcogt calibrations add FILE --type BPM --instrument fa03 --night YYYYMMDD "
+        r"--binning 1x1 --readout-mode full_frame`$"
+    )
+    with pytest.raises(CalibrationNotFoundError, match=pattern):
+        reg.select(BPM, T0)
     with pytest.raises(CalibrationNotFoundError, match=r"BIAS master for camera fa04") as info:
         reg.select("bias", T0, instrument_id=reg.fa04, binning="2x2", readout_mode="")
     assert "filter" not in str(info.value)
