@@ -39,8 +39,20 @@ def clean_header(header: fits.Header) -> fits.Header:
             continue
         if key in ("ZIMAGE", "ZBITPIX", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0", "ZSIMPLE", "ZEXTEND"):
             continue
-        out.append(card, end=True)
+        out.append(_fitting(card), end=True)
     return out
+
+
+def _fitting(card: fits.Card) -> fits.Card:
+    """``card`` with its comment shortened so that the card fits in 80 characters (astropy
+    would otherwise truncate it with a warning); long string values keep CONTINUE cards."""
+    if not card.comment or card.keyword in ("COMMENT", "HISTORY", ""):
+        return card
+    bare = len(fits.Card(card.keyword, card.value).image.rstrip())
+    if bare > 80 or bare + 3 + len(card.comment) <= 80:
+        return card if bare <= 80 else fits.Card(card.keyword, card.value)
+    room = 80 - bare - 3
+    return fits.Card(card.keyword, card.value, card.comment[:room] if room > 0 else "")
 
 
 def write_product(path: Path, frame: Frame, *, catalog: Table | None = None) -> str:

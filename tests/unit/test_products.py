@@ -123,3 +123,18 @@ def test_hostile_filter_in_master_path(tmp_path: Path) -> None:
             binning="1x1",
             filter_name="../../../tmp/evil",
         )
+
+
+def test_long_cards_are_shortened_without_warnings(tmp_path: Path) -> None:
+    frame = _frame()
+    frame.header["L1IDFLAT"] = (
+        "fa15-skyflat-20261128-bin1x1-full_frame-rp.fits.fz",
+        "master flat used",
+    )
+    frame.header["ORIGNAME"] = ("x" * 100, "a long string value keeps its CONTINUE cards")
+    path = tmp_path / "long.fits.fz"
+    write_product(path, frame)  # filterwarnings=error: a truncation warning would fail here
+    back = read_product(path)
+    assert back.header["L1IDFLAT"] == "fa15-skyflat-20261128-bin1x1-full_frame-rp.fits.fz"
+    assert back.header.comments["L1IDFLAT"].startswith("master")
+    assert back.header["ORIGNAME"] == "x" * 100
