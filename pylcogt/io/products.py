@@ -48,7 +48,8 @@ def _fitting(card: fits.Card) -> fits.Card:
     would otherwise truncate it with a warning); long string values keep CONTINUE cards."""
     if not card.comment or card.keyword in ("COMMENT", "HISTORY", ""):
         return card
-    bare = len(fits.Card(card.keyword, card.value).image.rstrip())
+    # with a comment, astropy pads a short value to column 30 before " / "
+    bare = max(len(fits.Card(card.keyword, card.value).image.rstrip()), 30)
     if bare > 80 or bare + 3 + len(card.comment) <= 80:
         return card if bare <= 80 else fits.Card(card.keyword, card.value)
     room = 80 - bare - 3
