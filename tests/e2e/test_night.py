@@ -1,5 +1,9 @@
-"""A simulated Sinistro night end to end through the CLI: masters and reduced frames are
-compared with the simulator's truth (known answers), and provenance is recorded."""
+"""A simulated night of each camera family end to end through the CLI: masters and reduced
+frames are compared with the simulator's truth (known answers), and provenance is recorded.
+
+Sinistro (overscan, crosstalk, four amplifiers), SBIG (no overscan: the bias level comes from the
+master bias) and Spectral (overscan, 2x2 binning).
+"""
 
 from __future__ import annotations
 
@@ -18,29 +22,39 @@ from .test_cli import run
 N_BIAS, N_DARK, N_FLAT = 4, 2, 2  # per set: afternoon + morning
 
 
-@pytest.fixture(scope="module")
-def night(tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("reduce-night")
+SIZES = {"sinistro": 512, "sbig": 1024, "spectral": 1024}  # unbinned; SBIG/Spectral bin 2x2
+
+
+@pytest.fixture(scope="module", params=sorted(SIZES))
+def night(request, tmp_path_factory) -> dict:
+    camera = request.param
+    work = tmp_path_factory.mktemp(f"night-{camera}")
     raw = work / "raw"
-    run("simulate", str(raw), "--size", "512", "--n-bias", str(N_BIAS), "--n-dark", str(N_DARK),
-        "--n-flat", str(N_FLAT), "--n-science", "1", "-q", cwd=work)  # fmt: skip
+    run("simulate", str(raw), "--camera", camera, "--size", str(SIZES[camera]),
+        "--n-bias", str(N_BIAS), "--n-dark", str(N_DARK), "--n-flat", str(N_FLAT),
+        "--n-science", "1", "-q", cwd=work)  # fmt: skip
     run("ingest", str(raw), "-q", cwd=work)
+    instrument = json.loads((raw / "truth.json").read_text())["instrument"]
     built = {}
     for kind in ("bias", "dark", "skyflat", "bpm"):
-        out = run("stack", "--instrument", "fa15", "--night", "20261128", "--type", kind, "--json",
-                  "-q", cwd=work)  # fmt: skip
+        out = run("stack", "--instrument", instrument, "--night", "20261128", "--type", kind,
+                  "--json", "-q", cwd=work)  # fmt: skip
         built[kind] = json.loads(out.stdout)
     science = sorted(raw.glob("*-e00.fits"))
     reduced = json.loads(run("reduce", *map(str, science), "--json", "-q", cwd=work).stdout)
     truth = json.loads((raw / "truth.json").read_text())
     maps = dict(np.load(raw / "truth_maps.npz"))
-    return {"work": work, "built": built, "reduced": reduced, "truth": truth, "maps": maps}
+    return {"work": work, "built": built, "reduced": reduced, "truth": truth, "maps": maps,
+            "camera": camera, "instrument": instrument}  # fmt: skip
 
 
 def _gain_map(truth: dict) -> np.ndarray:
-    """Per-pixel gain (e-/ADU) in mosaic orientation: amps 2|3 bottom, 1|4 top (real DETSEC)."""
+    """Per-pixel gain (e-/ADU) in the final orientation; Sinistro: amps 2|3 bottom, 1|4 top
+    (the real frame's DETSEC layout)."""
     ny, nx = truth["final_shape_yx"]
     g = truth["gain_e_per_adu"]
+    if len(g) == 1:
+        return np.full((ny, nx), g[0])
     out = np.empty((ny, nx))
     out[: ny // 2, : nx // 2], out[: ny // 2, nx // 2 :] = g[1], g[2]
     out[ny // 2 :, : nx // 2], out[ny // 2 :, nx // 2 :] = g[0], g[3]
@@ -178,16 +192,19 @@ def test_external_bad_pixel_mask_is_registered(night) -> None:
     from astropy.io import fits
 
     work = night["work"]
-    flags = np.zeros((512, 512), np.uint8)
+    flags = np.zeros(night["truth"]["final_shape_yx"], np.uint8)
     flags[100, 200] = 1
     fits.PrimaryHDU(flags).writeto(work / "mask.fits")
+    frames = json.loads(run("frames", "list", "--json", cwd=work).stdout)
+    binning, mode = frames[0]["binning"], frames[0]["readout_mode"]
     out = json.loads(run("calibrations", "add", str(work / "mask.fits"), "--type", "bpm",
-                         "--instrument", "fa15", "--night", "20261128", "--readout-mode",
-                         "full_frame", "--json", cwd=work).stdout)  # fmt: skip
+                         "--instrument", night["instrument"], "--night", "20261128",
+                         "--binning", binning, "--readout-mode", mode, "--json",
+                         cwd=work).stdout)  # fmt: skip
     listed = json.loads(run("calibrations", "list", "--type", "bpm", "--json", cwd=work).stdout)
     assert out["master_id"] in {m["id"] for m in listed} and len(listed) == 2
     assert read_product(Path(out["path"])).bpm[100, 200] == 1
     (work / "junk.fits").write_text("not fits")
     bad = run("calibrations", "add", str(work / "junk.fits"), "--type", "BPM", "--instrument",
-              "fa15", "--night", "20261128", cwd=work, check=False)  # fmt: skip
+              night["instrument"], "--night", "20261128", cwd=work, check=False)  # fmt: skip
     assert bad.returncode == 2 and "cannot use" in bad.stderr
