@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
@@ -173,6 +174,20 @@ def _mean_time(times: list[dt.datetime]) -> dt.datetime:
     origin = min(times)
     offset = sum((t - origin).total_seconds() for t in times) / len(times)
     return origin + dt.timedelta(seconds=offset)
+
+
+def _fresh_path(session: Session, path: Path) -> Path:
+    """``path``, or ``path`` with ``-r2``, ``-r3``... when a master marked bad holds it: a bad
+    master keeps its file and row (provenance), and its rebuild gets a file of its own."""
+    candidate, n = path, 1
+    while True:
+        row = session.scalar(
+            select(MasterCalibration).where(MasterCalibration.path == str(candidate))
+        )
+        if row is None or not row.is_bad:
+            return candidate
+        n += 1
+        candidate = path.with_name(path.name.replace(".fits.fz", f"-r{n}.fits.fz"))
 
 
 def register_master(
@@ -379,6 +394,7 @@ def build_master(
         path = master_path(settings.data_dir, site=instrument.site.code, camera=instrument.camera,
                            dayobs=key.dayobs, obstype=obstype, binning=key.binning,
                            readout_mode=key.readout_mode, filter_name=key.filter_name)  # fmt: skip
+        path = _fresh_path(session, path)
         checksum = write_product(path, master)
         row = register_master(session, key, path=str(path), checksum=checksum,
                               dateobs=_mean_time([f.dateobs for f in inputs]),

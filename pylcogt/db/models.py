@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -229,6 +230,19 @@ class MasterCalibration(Base):
             "dateobs",
         ),
         Index(None, "dayobs"),
+        # one good master per night and group: two workers racing to build it cannot both win
+        Index(
+            "uq_master_calibrations_good",
+            "instrument_id",
+            "obstype",
+            "binning",
+            "readout_mode",
+            "filter_name",
+            "dayobs",
+            unique=True,
+            postgresql_where=text("NOT is_bad AND obstype <> 'BPM'"),
+            sqlite_where=text("NOT is_bad AND obstype <> 'BPM'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -242,6 +256,7 @@ class MasterCalibration(Base):
     path: Mapped[str] = mapped_column(String(1024), unique=True)
     checksum: Mapped[str] = mapped_column(String(64))
     is_bad: Mapped[bool] = mapped_column(Boolean, default=False)
+    bad_reason: Mapped[str | None] = mapped_column(Text, comment="why is_bad was set, and by what")
     n_inputs: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
