@@ -29,7 +29,9 @@ from pylcogt.calibrations.select import select_master
 from pylcogt.calibrations.stack import DEFAULT_MEMORY_BUDGET_BYTES, stack_sources
 from pylcogt.config import Settings
 from pylcogt.db.models import (
+    CalibrationRole,
     CalibrationType,
+    FrameCalibration,
     FrameState,
     Instrument,
     MasterCalibration,
@@ -119,7 +121,10 @@ def load_master(
     return loaded
 
 
-def _masters_for(session: Session, frame: RawFrame, obstype: str, cache: dict) -> Masters:
+def _masters_for(
+    session: Session, frame: RawFrame, obstype: str, cache: dict
+) -> tuple[Masters, dict[str, int]]:
+    """The masters preparing ``frame`` needs, and their ids by role (for provenance)."""
     chosen = {}
     for needed in NEEDED_MASTERS[obstype]:
         selection = select_master(
@@ -127,7 +132,8 @@ def _masters_for(session: Session, frame: RawFrame, obstype: str, cache: dict) -
             readout_mode=frame.readout_mode, filter_name=frame.filter_name, dateobs=frame.dateobs,
         )  # fmt: skip
         chosen[needed] = load_master(selection.master, cache)
-    return Masters(bias=chosen.get("BIAS"), dark=chosen.get("DARK"))
+    ids = {selection_role: m.master_id for selection_role, m in chosen.items()}
+    return Masters(bias=chosen.get("BIAS"), dark=chosen.get("DARK")), ids
 
 
 def _fail_frame(session: Session, frame: RawFrame, error: Exception) -> None:
@@ -339,6 +345,7 @@ def build_master(
     minimum = MIN_INPUTS[obstype] if min_inputs is None else min_inputs
     cache: dict[int, LoadedMaster] = {}
     dropped: dict[str, str] = {}
+    used: dict[int, dict[str, int]] = {}  # frame id -> {BIAS: master id, ...}
     with maker() as session:
         query = select(Instrument).options(joinedload(Instrument.site))
         instrument = session.scalars(query.where(Instrument.id == key.instrument_id)).one()
@@ -353,7 +360,7 @@ def build_master(
             for n, frame in enumerate(frames, start=1):
                 try:
                     raw = read_raw(frame.path)
-                    masters = _masters_for(session, frame, obstype, cache)
+                    masters, used[frame.id] = _masters_for(session, frame, obstype, cache)
                     ready, level = prepare_master_input(raw, obstype, masters,
                                                         exptime_s=frame.exptime_s)  # fmt: skip
                 except UnprocessableFrameError as exc:
@@ -399,6 +406,15 @@ def build_master(
         row = register_master(session, key, path=str(path), checksum=checksum,
                               dateobs=_mean_time([f.dateobs for f in inputs]),
                               input_ids=[f.id for f in inputs])  # fmt: skip
+        # provenance of each input: the masters it was prepared with (a dark's bias, ...)
+        input_ids = [f.id for f in inputs]
+        session.execute(delete(FrameCalibration).where(FrameCalibration.frame_id.in_(input_ids)))
+        session.add_all(
+            FrameCalibration(frame_id=fid, role=CalibrationRole.BIAS if t == "BIAS" else
+                             CalibrationRole.DARK, master_id=mid)
+            for fid in input_ids
+            for t, mid in used.get(fid, {}).items()
+        )  # fmt: skip
         for frame in inputs:
             if frame.state is not FrameState.DONE:
                 frame.state = FrameState.DONE

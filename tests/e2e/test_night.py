@@ -143,6 +143,15 @@ def test_provenance_is_recorded(night) -> None:
             ("flat", "SKYFLAT"),
             ("bpm", "BPM"),
         }
+        prepared_with = dict(
+            db.execute(
+                "SELECT f.obstype, count(*) FROM frame_calibrations c "
+                "JOIN raw_frames f ON f.id = c.frame_id GROUP BY f.obstype"
+            ).fetchall()
+        )
+        # darks were prepared with a bias, flats with a bias and a dark: recorded per input
+        assert prepared_with["DARK"] == 2 * N_DARK
+        assert prepared_with["SKYFLAT"] == 2 * 2 * 2 * N_FLAT
         inputs = db.execute("SELECT count(*) FROM master_inputs").fetchone()[0]
         masters = 2 * N_BIAS + 2 * N_DARK + 2 * 2 * N_FLAT
         bpm_inputs = 2 * N_DARK + 2 * 2 * N_FLAT  # the raw frames of the dark and flats
