@@ -42,7 +42,7 @@ def test_round_trip_keeps_values_noise_and_flags(tmp_path: Path) -> None:
     assert np.abs(diff).max() < 10.0 / 16 * 1.01  # one quantisation step at most
     assert np.std(back.sci) == pytest.approx(np.std(frame.sci), rel=0.01)  # noise preserved
     assert abs(diff.mean()) < 0.05  # dithered: no bias
-    np.testing.assert_allclose(back.err, 10.0, atol=0.01)
+    np.testing.assert_allclose(back.err, 10.0, atol=10.0 / 32)  # absolute step
     assert back.header["L1IDBIAS"] == "b.fits"
     assert "BZERO" not in back.header  # structural cards of the raw never leak
 
@@ -139,3 +139,15 @@ def test_long_cards_are_shortened_without_warnings(tmp_path: Path) -> None:
     assert back.header["L1IDFLAT"] == "fa15-skyflat-20261128-bin1x1-full_frame-rp.fits.fz"
     assert back.header.comments["L1IDFLAT"].startswith("master")
     assert back.header["ORIGNAME"] == "x" * 100
+
+
+def test_err_keeps_its_relative_precision(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    frame = _frame()
+    err = np.sqrt(7.5**2 + rng.uniform(0, 5000, frame.shape)).astype(np.float32)
+    frame = Frame(sci=frame.sci, err=err, bpm=frame.bpm, header=frame.header, unit="electron")
+    write_product(tmp_path / "e.fits.fz", frame)
+    back = read_product(tmp_path / "e.fits.fz")
+    relative = (back.err - err) / err
+    assert np.sqrt(np.mean(relative**2)) < 0.005
+    assert np.abs(relative).max() < 0.025
