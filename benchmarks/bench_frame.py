@@ -54,7 +54,7 @@ NIGHT = "20261128"
 MB = 1e6
 # pylcogt stages that ccdproc also does (the ratio's denominator)
 COMPARED = ("read_raw", "subtract_overscan", "apply_gain", "mosaic_amplifiers", "trim",
-            "subtract_bias", "subtract_dark", "divide_flat")  # fmt: skip
+            "calibrate (bias, dark, flat)")  # fmt: skip
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -133,9 +133,7 @@ def work_pylcogt(args) -> dict:
     from pylcogt.io.raw_read import read_raw
     from pylcogt.pipeline import LoadedMaster, Masters, reduce_science
     from pylcogt.stages.badpixels import apply_bpm
-    from pylcogt.stages.bias import subtract_bias
-    from pylcogt.stages.dark import subtract_dark
-    from pylcogt.stages.flat import divide_flat
+    from pylcogt.stages.calibrate import calibrate
     from pylcogt.stages.isr import ISR_CHAINS
 
     loading = Stages()
@@ -158,12 +156,10 @@ def work_pylcogt(args) -> dict:
         del result
         with stage("apply_bpm"):
             frame = apply_bpm(frame, masters.bpm.frame, master_id=1)
-        with stage("subtract_bias"):
-            frame = subtract_bias(frame, masters.bias.frame, master_id=1)
-        with stage("subtract_dark"):
-            frame = subtract_dark(frame, masters.dark.frame, exptime_s=exptime, master_id=1)
-        with stage("divide_flat"):
-            frame = divide_flat(frame, masters.flat.frame, master_id=1)
+        with stage("calibrate (bias, dark, flat)"):  # the fused pass reduce_science runs
+            frame = calibrate(frame, bias=masters.bias.frame, dark=masters.dark.frame,
+                              flat=masters.flat.frame, exptime_s=exptime, bias_id=1, dark_id=1,
+                              flat_id=1)  # fmt: skip
         with stage("write_product"):
             write_product(args.out, frame)
         return frame

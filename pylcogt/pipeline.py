@@ -18,6 +18,7 @@ from pylcogt.calibrations.prepare import normalise_flat, remove_bias_level, to_d
 from pylcogt.frame import Frame, RawImage
 from pylcogt.stages.badpixels import apply_bpm
 from pylcogt.stages.bias import subtract_bias
+from pylcogt.stages.calibrate import calibrate
 from pylcogt.stages.dark import subtract_dark
 from pylcogt.stages.flat import divide_flat
 from pylcogt.stages.isr import remove_instrument_signature
@@ -74,9 +75,25 @@ def _bias_dark(frame: Frame, masters: Masters, exptime_s: float, *, dark: bool) 
 
 
 def reduce_science(raw: RawImage, masters: Masters, *, exptime_s: float) -> Frame:
-    """A science frame, fully calibrated (electrons)."""
-    frame = _bias_dark(remove_instrument_signature(raw), masters, exptime_s, dark=True)
+    """A science frame, fully calibrated (electrons).
+
+    Bias, dark and flat run as one fused pass (:func:`~pylcogt.stages.calibrate.calibrate`)
+    when every plane has an ERR, else as the three separate stages; the results are the same.
+    """
+    frame = remove_instrument_signature(raw)
+    if masters.bpm is not None:
+        frame = apply_bpm(frame, masters.bpm.frame, master_id=masters.bpm.master_id)
+    bias = _require(masters.bias, "bias", frame)
+    dark = _require(masters.dark, "dark", frame)
     flat = _require(masters.flat, "flat", frame)
+    if all(p.err is not None for p in (frame, bias.frame, dark.frame, flat.frame)):
+        return calibrate(
+            frame, bias=bias.frame, dark=dark.frame, flat=flat.frame, exptime_s=exptime_s,
+            bias_id=bias.master_id, dark_id=dark.master_id, flat_id=flat.master_id,
+            fallback_later=flat.fallback_later,
+        )  # fmt: skip
+    frame = subtract_bias(frame, bias.frame, master_id=bias.master_id)
+    frame = subtract_dark(frame, dark.frame, exptime_s=exptime_s, master_id=dark.master_id)
     return divide_flat(
         frame, flat.frame, master_id=flat.master_id, fallback_later=flat.fallback_later
     )

@@ -16,7 +16,15 @@ from pylcogt.frame import Frame
 from pylcogt.stages._checks import require_same_shape, require_unit
 from pylcogt.stages.gain import remove_bias_from_err
 
-__all__ = ["subtract_bias"]
+__all__ = ["subtract_bias", "bias_cards"]
+
+
+def bias_cards(header, master: Frame, master_id: int | None, level: float) -> None:
+    """The cards recording which master bias was subtracted (in place on ``header``)."""
+    header["L1IDBIAS"] = (master.name, "master bias used")
+    if master_id is not None:
+        header["L1RIBIAS"] = (master_id, "registry id of the master bias")
+    header["L1BIASLV"] = (round(level, 4), "[e-] level removed with the master bias")
 
 
 def subtract_bias(frame: Frame, master: Frame, *, master_id: int | None = None) -> Frame:
@@ -35,8 +43,5 @@ def subtract_bias(frame: Frame, master: Frame, *, master_id: int | None = None) 
         header["ERRBIAS"] = (False, "ERR Poisson term still includes the bias level")
     if err is not None and master.err is not None:
         err = np.hypot(err, master.err)
-    header["L1IDBIAS"] = (master.name, "master bias used")
-    if master_id is not None:
-        header["L1RIBIAS"] = (master_id, "registry id of the master bias")
-    header["L1BIASLV"] = (round(level, 4), "[e-] level removed with the master bias")
+    bias_cards(header, master, master_id, level)
     return replace(frame, sci=sci, err=err, bpm=frame.bpm | master.bpm, header=header)

@@ -14,7 +14,15 @@ import numpy as np
 from pylcogt.frame import Frame
 from pylcogt.stages._checks import require_same_shape, require_unit
 
-__all__ = ["subtract_dark"]
+__all__ = ["subtract_dark", "dark_cards"]
+
+
+def dark_cards(header, master: Frame, master_id: int | None, exptime_s: float) -> None:
+    """The cards recording which master dark was subtracted (in place on ``header``)."""
+    header["L1IDDARK"] = (master.name, "master dark used")
+    if master_id is not None:
+        header["L1RIDARK"] = (master_id, "registry id of the master dark")
+    header["L1DRKSCL"] = (float(exptime_s), "[s] master dark rate scaled by")
 
 
 def subtract_dark(
@@ -33,8 +41,5 @@ def subtract_dark(
     if frame.err is not None:
         err = frame.err if master.err is None else np.hypot(frame.err, master.err * scale)
     header = frame.header.copy()
-    header["L1IDDARK"] = (master.name, "master dark used")
-    if master_id is not None:
-        header["L1RIDARK"] = (master_id, "registry id of the master dark")
-    header["L1DRKSCL"] = (float(exptime_s), "[s] master dark rate scaled by")
+    dark_cards(header, master, master_id, exptime_s)
     return replace(frame, sci=sci, err=err, bpm=frame.bpm | master.bpm, header=header)

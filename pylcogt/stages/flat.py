@@ -14,9 +14,18 @@ import numpy as np
 from pylcogt.frame import Frame, PixelFlag
 from pylcogt.stages._checks import require_same_shape, require_unit
 
-__all__ = ["divide_flat", "DEFAULT_MIN_RESPONSE"]
+__all__ = ["divide_flat", "flat_cards", "DEFAULT_MIN_RESPONSE"]
 
 DEFAULT_MIN_RESPONSE = 0.2
+
+
+def flat_cards(header, master: Frame, master_id: int | None, fallback_later: bool) -> None:
+    """The cards recording which master flat divided the frame (in place on ``header``)."""
+    header["L1IDFLAT"] = (master.name, "master flat used")
+    if master_id is not None:
+        header["L1RIFLAT"] = (master_id, "registry id of the master flat")
+    if fallback_later:
+        header["L1FLATLT"] = (True, "no flat before the frame: the next later one used")
 
 
 def divide_flat(
@@ -41,9 +50,5 @@ def divide_flat(
     bpm = frame.bpm | master.bpm
     bpm[low] |= np.uint8(PixelFlag.LOW_FLAT)
     header = frame.header.copy()
-    header["L1IDFLAT"] = (master.name, "master flat used")
-    if master_id is not None:
-        header["L1RIFLAT"] = (master_id, "registry id of the master flat")
-    if fallback_later:
-        header["L1FLATLT"] = (True, "no flat before the frame: the next later one used")
+    flat_cards(header, master, master_id, fallback_later)
     return replace(frame, sci=sci, err=err, bpm=bpm, header=header)
