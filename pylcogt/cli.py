@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from pylcogt import __version__
+from pylcogt import __version__, cli_calibrations, cli_worker
 from pylcogt.config import DATA_DIR_ENV, DATABASE_URL_ENV, Settings, load_settings
 from pylcogt.db.models import FrameState
 from pylcogt.errors import ConfigurationError, PylcogtError
@@ -515,56 +515,6 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all("error" not in r for r in results) else 1
 
 
-def _calibrations_add(args: argparse.Namespace, settings: Settings) -> int:
-    from pylcogt.calibrations.build import add_external_bpm
-
-    if not Path(args.file).is_file():
-        raise ConfigurationError(f"no such file: {args.file}")
-    built = add_external_bpm(_maker(settings), settings, args.file, camera=args.instrument,
-                             dayobs=args.night, binning=args.binning,
-                             readout_mode=args.readout_mode)  # fmt: skip
-    result = {"type": "BPM", "master_id": built.master_id, "path": built.path}
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"registered bad-pixel mask {built.master_id}: {built.path}")
-    return 0
-
-
-def cmd_calibrations(args: argparse.Namespace, settings: Settings) -> int:
-    if args.calibrations_command == "add":
-        return _calibrations_add(args, settings)
-    from sqlalchemy import select
-    from sqlalchemy.orm import joinedload
-
-    from pylcogt.db.models import Instrument, MasterCalibration
-
-    with _maker(settings)() as session:
-        query = (
-            select(MasterCalibration)
-            .options(joinedload(MasterCalibration.instrument).joinedload(Instrument.site))
-            .order_by(MasterCalibration.dateobs, MasterCalibration.id)
-        )
-        if args.type:
-            query = query.where(MasterCalibration.obstype == args.type.upper())
-        if args.night:
-            query = query.where(MasterCalibration.dayobs == args.night)
-        rows = [
-            {"id": m.id, "type": m.obstype.value, "instrument": m.instrument.camera,
-             "site": m.instrument.site.code, "binning": m.binning, "readout_mode": m.readout_mode,
-             "filter": m.filter_name, "dayobs": m.dayobs, "dateobs": m.dateobs,
-             "n_inputs": m.n_inputs,
-             "is_bad": m.is_bad, "path": m.path}
-            for m in session.scalars(query)
-        ]  # fmt: skip
-    if args.json:
-        _print_json(rows)
-    else:
-        _print_table(rows, ["id", "type", "instrument", "binning", "filter", "dayobs", "dateobs",
-                            "n_inputs", "is_bad", "path"])  # fmt: skip
-    return 0
-
-
 # --- parser -------------------------------------------------------------------------------
 def _common(suppress: bool) -> argparse.ArgumentParser:
     """Options accepted both before and after the subcommand."""
@@ -759,21 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewest usable frames (default: bias 5, dark 3, flat 3)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per master")
 
-    cal = add("calibrations", "list master calibrations")
-    c_sub = cal.add_subparsers(dest="calibrations_command", required=True, metavar="ACTION")
-    p = c_sub.add_parser("add", help="register a calibration made elsewhere (a bad-pixel mask)",
-                         parents=[common])  # fmt: skip
-    p.add_argument("file", help="FITS file: a BPM extension or a 2-D image, non-zero = bad")
-    p.add_argument("--type", required=True, type=str.upper, choices=["BPM"])
-    p.add_argument("--instrument", required=True, help="camera, e.g. fa15")
-    p.add_argument("--night", required=True, type=_parse_night, help="DAY-OBS it applies from")
-    p.add_argument("--binning", default="1x1", help="binning it applies to (default: 1x1)")
-    p.add_argument("--readout-mode", default="", help="CONFMODE it applies to (default: none)")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p = c_sub.add_parser("list", help="list registered masters", parents=[common])
-    p.add_argument("--type", type=str.upper, choices=["BIAS", "DARK", "SKYFLAT", "BPM"])
-    p.add_argument("--night", type=_parse_night, help="only this DAY-OBS")
-    p.add_argument("--json", action="store_true", help="print a JSON array, one object per master")
+    cli_calibrations.add_parsers(add, common)
+    cli_worker.add_worker_command(add, common)
 
     p = add(
         "simulate",
@@ -808,8 +745,10 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "reduce": cmd_reduce,
     "stack": cmd_stack,
-    "calibrations": cmd_calibrations,
+    "calibrations": cli_calibrations.cmd_calibrations,
+    "provenance": cli_calibrations.cmd_provenance,
     "demo": cmd_demo,
+    "worker": cli_worker.cmd_worker,
 }
 
 

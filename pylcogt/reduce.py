@@ -6,6 +6,10 @@ does not exist yet (the reason names what is missing); ``failed`` when the frame
 The product is written atomically first, then the row and its provenance rows
 (``frame_calibrations``) are replaced in one transaction: a crash leaves the old result or the
 new one, never a mix.
+
+The worker passes its claim's ``lease_token``: the transaction that records the outcome then
+starts with :func:`pylcogt.db.queue.fence_frame` (before the product is written), so a worker
+whose lease was taken over writes and records nothing (:class:`~pylcogt.db.queue.LeaseLostError`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pylcogt.db.models import (
     Instrument,
     RawFrame,
 )
+from pylcogt.db.queue import fence_frame
 from pylcogt.errors import CalibrationNotFoundError, UnprocessableFrameError
 from pylcogt.instruments import SCIENCE_OBSTYPES
 from pylcogt.io.products import write_product
@@ -69,9 +74,19 @@ def reduce_frame(
     frame_id: int,
     *,
     as_of: dt.datetime | None = None,
+    lease_token: int | None = None,
 ) -> ReduceResult:
-    """Reduce registered science frame ``frame_id`` and record the outcome on its row."""
+    """Reduce registered science frame ``frame_id`` and record the outcome on its row.
+
+    ``lease_token``: the worker's claim on the frame; the outcome is recorded (and the product
+    written) only while the frame is still ``processing`` under that token.
+    """
     with maker() as session:
+
+        def fence() -> None:
+            if lease_token is not None:
+                fence_frame(session, frame_id, lease_token)
+
         frame = _load_frame(session, frame_id)
         result = ReduceResult(frame_id=frame.id, path=frame.path, state=frame.state.value)
         if frame.obstype not in SCIENCE_OBSTYPES:
@@ -104,8 +119,10 @@ def reduce_frame(
             out = product_path(settings.data_dir, site=frame.instrument.site.code,
                                camera=frame.instrument.camera, dayobs=frame.dayobs,
                                raw_filename=frame.filename)  # fmt: skip
+            fence()
             write_product(out, reduced)
         except CalibrationNotFoundError as exc:
+            fence()
             frame.state = FrameState.WAITING_CALIBRATION
             frame.last_error = str(exc)
             session.commit()
@@ -113,6 +130,7 @@ def reduce_frame(
             result.state, result.error = frame.state.value, str(exc)
             return result
         except UnprocessableFrameError as exc:
+            fence()
             frame.state = FrameState.FAILED
             frame.attempts += 1
             frame.last_error = str(exc)

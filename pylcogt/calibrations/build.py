@@ -229,12 +229,17 @@ def register_master(
 
 
 def build_bpm_master(
-    maker: sessionmaker[Session], settings: Settings, key: GroupKey
+    maker: sessionmaker[Session],
+    settings: Settings,
+    key: GroupKey,
+    *,
+    fence: Callable[[Session], None] | None = None,
 ) -> BuildResult:
     """Derive the night's bad-pixel mask from its master dark and flats, write and register it.
 
     Uses the good masters of ``key``'s night, instrument, binning and readout mode (any filter).
-    Its inputs (provenance) are the raw frames of those masters.
+    Its inputs (provenance) are the raw frames of those masters. ``fence``: as for
+    :func:`build_master`, called before the mask is written.
     """
     with maker() as session:
         query = select(Instrument).options(joinedload(Instrument.site))
@@ -272,6 +277,8 @@ def build_bpm_master(
         path = master_path(settings.data_dir, site=instrument.site.code, camera=instrument.camera,
                            dayobs=key.dayobs, obstype="BPM", binning=key.binning,
                            readout_mode=key.readout_mode)  # fmt: skip
+        if fence is not None:
+            fence(session)
         checksum = write_product(path, mask)
         input_ids = [i.frame_id for m in used for i in m.inputs]
         row = register_master(session, key, path=str(path), checksum=checksum,
@@ -339,8 +346,14 @@ def build_master(
     min_inputs: int | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
     progress: Callable[[str], None] | None = None,
+    fence: Callable[[Session], None] | None = None,
 ) -> BuildResult:
-    """Build, write and register the master of ``key``; returns what was made."""
+    """Build, write and register the master of ``key``; returns what was made.
+
+    ``fence(session)`` (the worker's lease check, :func:`pylcogt.db.queue.fence_group`) is
+    called once the master is stacked, before its file is written: it starts the transaction
+    that registers the master, and raises to abandon the build with nothing written or recorded.
+    """
     obstype = key.obstype
     minimum = MIN_INPUTS[obstype] if min_inputs is None else min_inputs
     cache: dict[int, LoadedMaster] = {}
@@ -401,6 +414,8 @@ def build_master(
         path = master_path(settings.data_dir, site=instrument.site.code, camera=instrument.camera,
                            dayobs=key.dayobs, obstype=obstype, binning=key.binning,
                            readout_mode=key.readout_mode, filter_name=key.filter_name)  # fmt: skip
+        if fence is not None:
+            fence(session)
         path = _fresh_path(session, path)
         checksum = write_product(path, master)
         row = register_master(session, key, path=str(path), checksum=checksum,

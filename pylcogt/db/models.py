@@ -44,6 +44,8 @@ __all__ = [
     "MasterCalibration",
     "MasterInput",
     "FrameCalibration",
+    "MasterJobStatus",
+    "MasterJob",
     "utcnow",
 ]
 
@@ -66,11 +68,16 @@ class Base(DeclarativeBase):
 
 
 class FrameState(str, enum.Enum):
-    """Processing state of a raw frame."""
+    """Processing state of a raw frame.
+
+    A calibration frame (bias, dark, flat) that passed the worker's individual check is
+    ``ready``: it waits to be stacked into its night's master, and is ``done`` once it is in one.
+    """
 
     PENDING = "pending"
     WAITING_CALIBRATION = "waiting_calibration"
     PROCESSING = "processing"
+    READY = "ready"
     DONE = "done"
     FAILED = "failed"
     REJECTED = "rejected"
@@ -297,3 +304,59 @@ class FrameCalibration(Base):
 
     frame: Mapped[RawFrame] = relationship(back_populates="calibrations")
     master: Mapped[MasterCalibration] = relationship()
+
+
+class MasterJobStatus(str, enum.Enum):
+    """Outcome of the worker's last attempt to build a group's master."""
+
+    PENDING = "pending"  # not tried yet, or the group changed since
+    BUILT = "built"
+    RETRY = "retry"  # a transient error: tried again after ``next_attempt_at``
+    NOT_ENOUGH = "not_enough"  # too few usable frames while the night goes on
+    FAILED = "failed"  # given up: see ``last_error``
+
+
+class MasterJob(Base):
+    """The worker's claim on building one calibration group's master, and its outcome.
+
+    One row per group: instrument, night, type, binning, readout mode and (flats) filter, with
+    ``filter_name`` ``''`` for types that do not depend on the filter, as in
+    ``master_calibrations``. A worker takes the lease before building; ``lease_token`` is
+    incremented on every claim and checked in the transaction that registers the master (a
+    fencing token, as on ``raw_frames``), so a worker whose lease was taken over records nothing.
+    """
+
+    __tablename__ = "master_jobs"
+    __table_args__ = (
+        UniqueConstraint(
+            "instrument_id",
+            "dayobs",
+            "obstype",
+            "binning",
+            "readout_mode",
+            "filter_name",
+            name="uq_master_jobs_group",
+        ),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
+    dayobs: Mapped[dt.date] = mapped_column(Date)
+    obstype: Mapped[CalibrationType] = mapped_column(_str_enum(CalibrationType, "calibration_type"))
+    binning: Mapped[str] = mapped_column(String(8))
+    readout_mode: Mapped[str] = mapped_column(String(32), default="")
+    filter_name: Mapped[str] = mapped_column(String(32), default="", comment="'' when n/a")
+    status: Mapped[MasterJobStatus] = mapped_column(
+        _str_enum(MasterJobStatus, "master_job_status"), default=MasterJobStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0, comment="transient failures")
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    master_id: Mapped[int | None] = mapped_column(
+        ForeignKey("master_calibrations.id", ondelete="SET NULL")
+    )
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

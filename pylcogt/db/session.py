@@ -3,6 +3,12 @@
 SQLite connections get ``foreign_keys=ON``, WAL journalling and a busy timeout so that several
 processes can share one file; PostgreSQL connections get ``pool_pre_ping`` so that a dropped
 connection is replaced instead of failing the next query.
+
+SQLite transactions begin with a plain (deferred) ``BEGIN``. A connection with the execution
+option :data:`SQLITE_BEGIN_IMMEDIATE` begins with ``BEGIN IMMEDIATE`` instead: it takes the write
+lock first (waiting up to the busy timeout), so a read-then-write transaction such as the worker's
+claim can neither interleave with another writer nor fail with ``SQLITE_BUSY`` on upgrading. The
+option means nothing on PostgreSQL (row locks do that job there).
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["get_engine", "get_sessionmaker", "dispose_engines"]
+__all__ = ["get_engine", "get_sessionmaker", "dispose_engines", "SQLITE_BEGIN_IMMEDIATE"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: ``connection.execution_options(**SQLITE_BEGIN_IMMEDIATE)``: SQLite transactions on this
+#: connection start with ``BEGIN IMMEDIATE`` (the write lock taken up front).
+SQLITE_BEGIN_IMMEDIATE = {"pylcogt_sqlite_begin": "IMMEDIATE"}
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -34,7 +43,8 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
 
 
 def _sqlite_on_begin(conn) -> None:
-    conn.exec_driver_sql("BEGIN")
+    mode = conn.get_execution_options().get("pylcogt_sqlite_begin")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
 
 
 def _create_engine(url: str) -> Engine:

@@ -45,6 +45,7 @@ BIAS, DARK, FLAT, BPM = (
     CalibrationType.BPM,
 )
 CLOSEST_TYPES = [BIAS, DARK, BPM]
+_nights = itertools.count()
 _paths = itertools.count()
 
 
@@ -74,7 +75,9 @@ class Registry:
             binning=binning,
             readout_mode=readout_mode,
             filter_name=filter_name,
-            dayobs=(dateobs - 12 * H).date(),
+            # selection never reads dayobs; a distinct night per master keeps these hand-made
+            # registries legal under "one good master per night and group"
+            dayobs=dt.date(2000, 1, 1) + dt.timedelta(days=next(_nights)),
             dateobs=dateobs,
             path=f"/masters/{next(_paths)}.fits",
             checksum="0" * 64,

@@ -1,0 +1,267 @@
+"""`pylcogt worker` as operators run it: real processes on real databases, really killed.
+
+- many workers (4 processes) on PostgreSQL over a few hundred frames: every frame claimed and
+  processed exactly once, every master built once;
+- a worker SIGKILLed mid-frame: the frame is taken over once its lease expires, nothing doubled;
+- SIGTERM: the frame in progress is released and the worker exits cleanly;
+- the worker's PostgreSQL connections terminated again and again: it carries on.
+
+A "slow" worker is the real CLI with :func:`pylcogt.reduce.reduce_frame` wrapped in a sleep
+(:data:`SLOW_DRIVER`), so that a test can act while it is mid-frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pylcogt.db.session import dispose_engines
+from pylcogt.simulate import simulate_night
+
+from .test_cli import PYLCOGT, run
+
+SLOW_DRIVER = """\
+import os, sys, time
+import pylcogt.reduce as reduce_module
+real = reduce_module.reduce_frame
+def slow(*args, **kwargs):
+    time.sleep(float(os.environ["SLOW_REDUCE_S"]))
+    return real(*args, **kwargs)
+reduce_module.reduce_frame = slow
+from pylcogt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+FAST = ["--quiet-time", "0", "--poll", "0.1"]
+
+
+def _night(out: Path, *, dayobs: str = "20261120", site: str = "lsc", n_science: int = 2) -> Path:
+    simulate_night(out, camera="sbig", size=128, n_bias=3, n_dark=2, n_flat=2,
+                   n_science=n_science, dayobs=dayobs, site=site)  # fmt: skip
+    return out
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYLCOGT_")}
+
+
+def _config(url: str, tmp_path: Path) -> list[str]:
+    return ["--database-url", url, "--data-dir", str(tmp_path / "data")]
+
+
+def _start(args: list[str], tmp_path: Path, *, slow_s: float | None = None) -> subprocess.Popen:
+    command = [*PYLCOGT, *args]
+    env = _env()
+    if slow_s is not None:
+        command = [sys.executable, "-c", SLOW_DRIVER, *args]
+        env["SLOW_REDUCE_S"] = str(slow_s)
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for(condition, *, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _rows(url: str, sql: str, **params) -> list:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params))
+    finally:
+        engine.dispose()
+
+
+def _processing_science(url: str, pid: int) -> list:
+    return _rows(
+        url,
+        "SELECT id, lease_token FROM raw_frames WHERE state = 'processing' "
+        "AND obstype = 'EXPOSE' AND lease_owner LIKE :owner",
+        owner=f"%:{pid}",
+    )
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database."""
+    admin = request.getfixturevalue("_postgres_admin_engine")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_worker_help_documents_the_service(tmp_path: Path) -> None:
+    out = run("worker", "--help", cwd=tmp_path).stdout
+    for text in ("--until-idle", "--processes", "--quiet-time", "--lease", "--json", "SIGTERM"):
+        assert text in out
+    assert "worker" in run("--help", cwd=tmp_path).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_many_workers_process_every_frame_once_and_build_every_master_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    raw = tmp_path / "raw"
+    nights = [
+        (site, day) for site in ("lsc", "coj") for day in ("20261118", "20261119", "20261120")
+    ]
+    for site, day in nights:
+        _night(raw / f"{site}-{day}", dayobs=day, site=site, n_science=12)
+    config = _config(pg_url, tmp_path)
+    ingested = json.loads(run("ingest", str(raw), "--json", *config, cwd=tmp_path).stdout)
+    n_frames = ingested["summary"]["new"]
+    assert n_frames == len(nights) * (6 + 4 + 8 + 24) == 252
+    out = run("worker", "--until-idle", "--processes", "4", "--json", *FAST, *config,
+              cwd=tmp_path)  # fmt: skip
+    summary = json.loads(out.stdout)
+    assert summary["processes"] == 4 and summary["errors"] == []
+    assert summary["processed"] == n_frames, "each frame processed exactly once"
+    assert summary["masters_built"] == len(nights) * 5  # bias, dark, 2 flats, bad-pixel mask
+    assert summary["registry"] == {"done": n_frames}
+    assert summary["failed"] == summary["waiting"] == summary["lost_lease"] == 0
+    owners = Counter(line.split(" started")[0] for line in out.stderr.splitlines()
+                     if "worker " in line and " started" in line)  # fmt: skip
+    assert len(owners) == 4, out.stderr[-2000:]
+    tokens = _rows(pg_url, "SELECT lease_token, count(*) FROM raw_frames GROUP BY lease_token")
+    assert tokens == [(1, n_frames)], "each frame claimed exactly once"
+    groups = _rows(
+        pg_url,
+        "SELECT instrument_id, dayobs, obstype, filter_name, count(*) FROM master_calibrations "
+        "GROUP BY instrument_id, dayobs, obstype, filter_name",
+    )
+    assert len(groups) == len(nights) * 5 and {g[-1] for g in groups} == {1}
+    jobs = _rows(pg_url, "SELECT status, lease_owner, count(*) FROM master_jobs GROUP BY 1, 2")
+    assert jobs == [("built", None, len(nights) * 5)]
+    links = _rows(
+        pg_url,
+        "SELECT f.id, count(c.master_id) FROM raw_frames f LEFT JOIN frame_calibrations c "
+        "ON c.frame_id = f.id WHERE f.obstype = 'EXPOSE' GROUP BY f.id",
+    )
+    assert {n for _, n in links} == {4}  # bias, dark, flat, bpm: once each
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_killed_workers_frame_is_taken_over_after_its_lease(pg_url: str, tmp_path: Path) -> None:
+    config = _config(pg_url, tmp_path)
+    run("ingest", str(_night(tmp_path / "raw")), "-q", *config, cwd=tmp_path)
+    doomed = _start(["worker", "--lease", "2", *FAST, *config], tmp_path, slow_s=120)
+    try:
+        ((frame_id, token),) = _wait_for(lambda: _processing_science(pg_url, doomed.pid),
+                                         what="the slow worker to be mid-frame")  # fmt: skip
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    finally:
+        doomed.kill()
+        doomed.communicate()
+    assert doomed.returncode == -signal.SIGKILL
+    out = run("worker", "--until-idle", "--lease", "2", "--json", *FAST, *config, cwd=tmp_path)
+    summary = json.loads(out.stdout)
+    assert summary["registry"] == {"done": 22}
+    ((state, new_token, attempts, error),) = _rows(
+        pg_url, "SELECT state, lease_token, attempts, last_error FROM raw_frames WHERE id = :id",
+        id=frame_id,
+    )  # fmt: skip
+    assert (state, new_token, attempts, error) == ("done", token + 1, 1, None)
+    assert "[reclaimed]" in out.stderr
+    others = _rows(pg_url, "SELECT DISTINCT lease_token FROM raw_frames WHERE id <> :id",
+                   id=frame_id)  # fmt: skip
+    assert others == [(1,)]
+    ((links,),) = _rows(pg_url, "SELECT count(*) FROM frame_calibrations WHERE frame_id = :id",
+                        id=frame_id)  # fmt: skip
+    assert links == 4
+    ((masters,),) = _rows(pg_url, "SELECT count(*) FROM master_calibrations")
+    assert masters == 5
+
+
+@pytest.mark.slow
+def test_sigterm_releases_the_frame_and_exits_cleanly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    config = _config(url, tmp_path)
+    run("ingest", str(_night(tmp_path / "raw")), "-q", *config, cwd=tmp_path)
+    worker = _start(["worker", "--shutdown-grace", "0.5", *FAST, *config], tmp_path, slow_s=120)
+    try:
+        ((frame_id, token),) = _wait_for(lambda: _processing_science(url, worker.pid),
+                                         what="the slow worker to be mid-frame")  # fmt: skip
+        worker.send_signal(signal.SIGTERM)
+        stdout, stderr = worker.communicate(timeout=30)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "releasing" in stderr and "processed" in stdout
+    ((state, owner, attempts, new_token),) = _rows(
+        url, "SELECT state, lease_owner, attempts, lease_token FROM raw_frames WHERE id = :id",
+        id=frame_id,
+    )  # fmt: skip
+    assert (state, owner, attempts, new_token) == ("pending", None, 0, token)
+    # a worker that is not --until-idle runs until told to stop; SIGTERM when idle: clean exit
+    service = _start(["worker", "--json", *FAST, *config], tmp_path)
+    try:
+        _wait_for(lambda: _rows(url, "SELECT count(*) FROM raw_frames WHERE state <> 'done'")
+                  == [(0,)], what="the night to be done")  # fmt: skip
+        service.send_signal(signal.SIGTERM)
+        stdout, stderr = service.communicate(timeout=30)
+    finally:
+        service.kill()
+    assert service.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["registry"] == {"done": 22} and summary["reduced"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_dropped_database_connections_are_survived(
+    pg_url: str, tmp_path: Path, _postgres_admin_engine: sa.Engine
+) -> None:
+    config = _config(pg_url, tmp_path)
+    run("ingest", str(_night(tmp_path / "raw", n_science=4)), "-q", *config, cwd=tmp_path)
+    database = sa.engine.make_url(pg_url).database
+    worker = _start(["worker", "--until-idle", "--json", "--lease", "2", "--retry-delay", "0.2",
+                     "--max-attempts", "50", *FAST, *config], tmp_path, slow_s=0.4)  # fmt: skip
+    terminated = 0
+    try:
+        _wait_for(lambda: _rows(pg_url, "SELECT count(*) FROM raw_frames WHERE state <> 'pending'")
+                  != [(0,)], what="the worker to start")  # fmt: skip
+        deadline = time.monotonic() + 60  # until the worker is done
+        while worker.poll() is None and time.monotonic() < deadline:
+            with _postgres_admin_engine.connect() as conn:
+                terminated += len(conn.execute(sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database},
+                ).all())  # fmt: skip
+            time.sleep(0.3)
+        stdout, stderr = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert terminated >= 3
+    noticed = ("server closed the connection", "terminating connection", "connection already")
+    assert any(text in stderr for text in noticed), stderr[-3000:]
+    assert worker.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
+    assert summary["registry"] == {"done": 26}, stderr[-3000:]
+    assert summary["reduced"] == 8
+    ((masters,),) = _rows(pg_url, "SELECT count(*) FROM master_calibrations")
+    assert masters == 5
