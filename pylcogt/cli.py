@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from pylcogt import __version__, cli_calibrations, cli_worker
+from pylcogt import __version__, cli_backfill, cli_calibrations, cli_worker
 from pylcogt.config import DATA_DIR_ENV, DATABASE_URL_ENV, Settings, load_settings
 from pylcogt.db.models import FrameState
 from pylcogt.errors import ConfigurationError, PylcogtError
@@ -31,7 +31,8 @@ environment (a CLI option overrides its variable):
   {DATA_DIR_ENV}       where reduced frames and master calibrations are written
                          (default: ./pylcogt-data)
 
-machine-readable output: every --json prints one JSON value on stdout and nothing else;
+machine-readable output: every --json prints one JSON value on stdout and nothing else
+(the one streaming exception: `ingest --watch --json` prints one JSON object per line, per file);
 logs and progress go to stderr. Exit status: 0 when the command did its job (even if some
 inputs were rejected: they are in the output), 1 when a check failed, 2 for a usage or
 configuration error, 3 when the database cannot be reached.
@@ -166,6 +167,12 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from pylcogt.ingest import ingest_paths
 
+    if args.watch:
+        from pylcogt.watch import cmd_watch
+
+        return cmd_watch(args, settings)
+    if not args.paths:
+        raise ConfigurationError("give the PATHs to ingest, or --watch DIR")
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         raise ConfigurationError(f"no such file or directory: {', '.join(missing)}")
@@ -344,29 +351,52 @@ def cmd_simulate(args: argparse.Namespace, _settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pylcogt.ingest import ingest_paths
+    from pylcogt.demo import run_demo
 
-    outdir = Path(args.dir) / "raw"
-    log.info("simulating a %s night in %s", args.camera, outdir)
-    night = _simulate(args, outdir)
-    maker = _maker(settings)
-    report = ingest_paths(maker, [outdir])
-    counts = report.counts()
-    result = {
-        "database": settings.safe_database_url,
-        "raw_dir": outdir,
-        "frames": len(night.files),
-        "ingest": counts,
-    }
+    cameras = tuple(c.strip() for c in args.camera.split(",") if c.strip())
+    show, done = _stderr_progress(not args.quiet)
+    try:
+        report = run_demo(
+            settings, Path(args.dir), cameras=cameras, progress=show,
+            simulation={"size": args.size, "seed": args.seed, "dayobs": args.night,
+                        "site": args.site, "n_bias": args.n_bias, "n_dark": args.n_dark,
+                        "n_flat": args.n_flat, "n_science": args.n_science,
+                        "filters": tuple(args.filters.split(",")), "compress": args.compress},
+        )  # fmt: skip
+    finally:
+        done()
     if args.json:
-        _print_json(result)
-    else:
-        print(f"simulated {len(night.files)} {night.camera} frames in {outdir}")
-        print(
-            f"ingested into {settings.safe_database_url}: "
-            + ", ".join(f"{counts[k]} {k}" for k in ("new", "unchanged", "updated", "rejected"))
-        )
-        print("next: `pylcogt frames list` and `pylcogt instruments list` show the registry")
+        _print_json(report)
+        return 0
+    ingest, work = report["ingest"], report["worker"]
+    for cam in report["cameras"]:
+        print(f"simulated {cam['frames']} {cam['camera']} frames ({cam['instrument']}) in "
+              f"{cam['raw_dir']}")  # fmt: skip
+    print(
+        f"ingested into {report['database']}: "
+        + ", ".join(f"{ingest[k]} {k}" for k in ("new", "unchanged", "updated", "rejected"))
+    )
+    print(f"worker: {work['processed']} frames processed, {work['masters_built']} masters built, "
+          f"{work['failed']} failed")  # fmt: skip
+    print("registry: " + ", ".join(f"{n} {s}" for s, n in sorted(report["states"].items())))
+    print(f"masters ({len(report['masters'])}):")
+    for m in report["masters"]:
+        label = f"{m['type']} {m['filter']}".strip()
+        print(f"  {m['id']:3d} {m['instrument']:5s} {label:12s} {m['n_inputs']:3d} inputs  "
+              f"{Path(m['path']).name}")  # fmt: skip
+    print(f"reduced frames ({len(report['reduced'])}):")
+    for r in report["reduced"]:
+        print(f"  {Path(r['path']).name} -> {r['product']}")
+    for f in report["failures"]:
+        print(f"failed: {Path(f['path']).name}: {f['error']}")
+    prov = report["provenance"]
+    if prov:
+        print(f"provenance of {Path(prov['frame']['path']).name}:")
+        for used in prov["masters"]:
+            m = used["master"]
+            print(f"  {used['role']:5s} master {m['id']} ({Path(m['path']).name}) from "
+                  f"{len(used['inputs'])} raw frames")  # fmt: skip
+    print("next: `pylcogt provenance FRAME`, `pylcogt calibrations list`, `pylcogt frames list`")
     return 0
 
 
@@ -550,15 +580,31 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     return parent
 
 
+def _camera_list(text: str) -> str:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in ("sinistro", "sbig", "spectral")]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"cameras are sinistro, sbig, spectral; got {text!r}")
+    return ",".join(names)
+
+
 def _add_simulation_options(
-    parser: argparse.ArgumentParser, *, size: int | None, n_bias: int
+    parser: argparse.ArgumentParser, *, size: int | None, n_bias: int, cameras: str | None = None
 ) -> None:
-    parser.add_argument(
-        "--camera",
-        choices=["sinistro", "sbig", "spectral"],
-        default="sinistro",
-        help="camera family to simulate (default: %(default)s)",
-    )
+    if cameras is None:
+        parser.add_argument(
+            "--camera",
+            choices=["sinistro", "sbig", "spectral"],
+            default="sinistro",
+            help="camera family to simulate (default: %(default)s)",
+        )
+    else:
+        parser.add_argument(
+            "--camera",
+            type=_camera_list,
+            default=cameras,
+            help="comma-separated camera families, one night each (default: %(default)s)",
+        )
     parser.add_argument(
         "--size",
         type=int,
@@ -652,14 +698,26 @@ def build_parser() -> argparse.ArgumentParser:
         "Register raw frames. Files are checked for completeness and required keywords; "
         "unusable ones are recorded as 'rejected' with the reason. Re-ingesting an unchanged "
         "file changes nothing; a file whose content changed is re-registered and reset to pending. "
-        "Directories are searched recursively for *.fits, *.fits.fz and *.fits.gz.",
+        "Directories are searched recursively for *.fits, *.fits.fz and *.fits.gz. "
+        "With --watch DIR, keeps ingesting files as they arrive until SIGTERM or Ctrl-C (exit 0): "
+        "a file is taken once its size and modification time have not changed for --settle "
+        "seconds, so a file still being written is never taken (nor rejected) early.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="raw frame files or directories")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="raw frame files or directories")
+    p.add_argument("--watch", action="append", metavar="DIR", default=[],
+                   help="poll DIR (recursively; repeatable) and ingest new or changed files "
+                        "until stopped")  # fmt: skip
+    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                   help="with --watch: seconds between scans (default: %(default)g)")  # fmt: skip
+    p.add_argument("--settle", type=float, default=2.0, metavar="SECONDS",
+                   help="with --watch: a file is taken once unchanged for this long "
+                        "(default: %(default)g)")  # fmt: skip
     p.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object: {summary: {new, unchanged, updated, rejected, ignored},"
-        " files: [...]}",
+        " files: [...]}; with --watch, the one streaming exception: one JSON object per line,"
+        " per file recorded (new, updated or rejected), as it happens",
     )
 
     frames = add("frames", "list registered raw frames")
@@ -711,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_calibrations.add_parsers(add, common)
     cli_worker.add_worker_command(add, common)
+    cli_backfill.add_backfill_command(add, common)
 
     p = add(
         "simulate",
@@ -726,13 +785,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "demo",
-        "simulate a small night and ingest it into the configured registry",
-        "The main job on the embedded default: simulate a night (Sinistro, 1024x1024 by "
-        "default) into DIR/raw and ingest it into the registry (by default an SQLite file in "
-        "the current directory). Running it again changes nothing.",
+        "simulate nights, ingest and reduce them on the configured registry",
+        "The main job on the embedded default: simulate a night for a Sinistro and an SBIG "
+        "camera (1024x1024 by default) into DIR/raw, ingest them into the registry (by default "
+        "an SQLite file in the current directory), run the worker until idle (masters, then "
+        "science frames), and print the masters, reduced frames, failures and the provenance "
+        "of one frame. Running it again changes nothing.",
     )
     p.add_argument("--dir", default="pylcogt-demo", help="working directory (default: %(default)s)")
-    _add_simulation_options(p, size=1024, n_bias=5)
+    _add_simulation_options(p, size=1024, n_bias=5, cameras="sinistro,sbig")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     return parser
 
@@ -749,6 +810,7 @@ COMMANDS = {
     "provenance": cli_calibrations.cmd_provenance,
     "demo": cmd_demo,
     "worker": cli_worker.cmd_worker,
+    "backfill": cli_backfill.cmd_backfill,
 }
 
 

@@ -9,6 +9,20 @@ and recorded in its own transaction:
 - ``updated``: same path, new content: header columns refreshed, state reset to ``pending``
   (attempts, error, product and lease cleared, the old product's provenance rows deleted);
 - ``rejected``: the file cannot be used; recorded with state ``rejected`` and the reason.
+
+For an archive with its own hook (instead of ``pylcogt ingest --watch DIR``, see
+:mod:`pylcogt.watch`), one call per delivered file or batch::
+
+    from pylcogt.db.migrate import ensure_schema
+    from pylcogt.db.session import get_sessionmaker
+    from pylcogt.ingest import ingest_paths
+
+    ensure_schema(url)  # once
+    report = ingest_paths(get_sessionmaker(url), ["/archive/lsc/fa15/20261128/x-e91.fits"])
+    for result in report.results:  # status: new | unchanged | updated | rejected
+        print(result.status, result.frame_id, result.reason)
+
+Call it only for complete files (written under another name and renamed into place).
 """
 
 from __future__ import annotations

@@ -192,22 +192,22 @@ def test_out_of_date_database_is_refused(tmp_path: Path) -> None:
 
 
 def test_demo_runs_on_embedded_default_and_is_idempotent(tmp_path: Path) -> None:
-    args = (
-        "demo",
-        "--size",
-        "256",
-        "--n-bias",
-        "2",
-        "--n-dark",
-        "1",
-        "--n-flat",
-        "1",
-        "--n-science",
-        "1",
-        "--json",
-    )
+    """The README's first command: Sinistro and SBIG nights simulated, ingested, reduced."""
+    args = ("demo", "--size", "256", "--n-bias", "3", "--n-dark", "2", "--n-flat", "2",
+            "--n-science", "1", "--json")  # fmt: skip
     first = json.loads(run(*args, cwd=tmp_path).stdout)
-    assert first["ingest"]["new"] == first["frames"] > 0 and first["ingest"]["rejected"] == 0
+    n_frames = sum(c["frames"] for c in first["cameras"])
+    assert {c["camera"] for c in first["cameras"]} == {"sinistro", "sbig"}
+    assert first["ingest"]["new"] == n_frames > 0 and first["ingest"]["rejected"] == 0
     assert (tmp_path / "pylcogt.db").exists()
+    assert first["states"] == {"done": n_frames} and first["failures"] == []
+    # per camera: bias, dark, a flat per filter (rp, V) and a bad-pixel mask
+    assert sorted(m["type"] for m in first["masters"]) == sorted(
+        ["BIAS", "DARK", "SKYFLAT", "SKYFLAT", "BPM"] * 2
+    )
+    assert len(first["reduced"]) == 4 and all(Path(r["product"]).exists() for r in first["reduced"])
+    roles = {m["role"] for m in first["provenance"]["masters"]}
+    assert roles == {"bias", "dark", "flat", "bpm"}
     second = json.loads(run(*args, cwd=tmp_path).stdout)
-    assert second["ingest"]["unchanged"] == first["frames"] and second["ingest"]["new"] == 0
+    assert second["ingest"]["unchanged"] == n_frames and second["ingest"]["new"] == 0
+    assert second["worker"]["processed"] == 0 and second["worker"]["masters_built"] == 0
