@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session, aliased, joinedload, sessionmaker
 
 from pylcogt.db.models import (
@@ -66,6 +66,7 @@ from pylcogt.db.models import (
     Instrument,
     MasterCalibration,
     MasterInput,
+    MasterJob,
     RawFrame,
     utcnow,
 )
@@ -693,11 +694,23 @@ def _requeue(frames: Iterable[RawFrame], last_error: str) -> None:
         frame.last_error = last_error
 
 
-def _apply(c: _Cascade, stamp: str) -> None:
-    for mid in c.order:
+def _apply(c: _Cascade, stamp: str, session: Session) -> None:
+    for position, mid in enumerate(c.order):
         master = c.masters[mid]
         master.is_bad = True
         master.bad_reason = f"{stamp} {c.why[mid]}"
+        if position > 0 and master.obstype is CalibrationType.BPM:
+            # a mask derived from a bad dark or flat is derived again: forget its build job
+            # (a mask marked bad by hand is not: the same masters would give the same mask)
+            session.execute(
+                delete(MasterJob).where(
+                    MasterJob.instrument_id == master.instrument_id,
+                    MasterJob.dayobs == master.dayobs,
+                    MasterJob.obstype == CalibrationType.BPM.value,
+                    MasterJob.binning == master.binning,
+                    MasterJob.readout_mode == master.readout_mode,
+                )
+            )
         label = f"master {mid} ({master.obstype.value} {Path(master.path).name})"
         _requeue(c.inputs.get(mid, []), f"re-queued {stamp} to rebuild {label}: {c.why[mid]}")
         _requeue(
@@ -729,7 +742,7 @@ def _plan(session: Session, master: int | str, reason: str, *, dry_run: bool,
         f"{'would re-queue' if dry_run else 're-queued'} {len(frames)} frame(s)"
     )
     if not dry_run:
-        _apply(cascade, stamp)
+        _apply(cascade, stamp, session)
     return RedoPlan(master_id=master_id, reason=reason, dry_run=dry_run, already_bad=False,
                     applied=not dry_run, root=tree, masters=tuple(cascade.order),
                     frames=tuple(frames), message=message)  # fmt: skip

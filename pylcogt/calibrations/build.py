@@ -279,6 +279,7 @@ def build_bpm_master(
                            readout_mode=key.readout_mode)  # fmt: skip
         if fence is not None:
             fence(session)
+        path = _fresh_path(session, path)  # a mask marked bad keeps its file and row
         checksum = write_product(path, mask)
         input_ids = [i.frame_id for m in used for i in m.inputs]
         row = register_master(session, key, path=str(path), checksum=checksum,

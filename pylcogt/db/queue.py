@@ -520,6 +520,7 @@ def _bpm_due(m_like, *, instrument_id, dayobs, binning, readout_mode) -> list[sa
             bpm.c.binning == binning,
             bpm.c.readout_mode == readout_mode,
             bpm.c.obstype == CalibrationType.BPM.value,
+            bpm.c.is_bad == sa.false(),
         ),
         ~exists().where(
             job.c.instrument_id == instrument_id,

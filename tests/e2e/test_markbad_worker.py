@@ -90,14 +90,13 @@ def test_mark_bad_bias_rebuilds_dependants_with_the_next_best_master(
         "dark": good["DARK", "2026-11-20", ""],
         "V": good["SKYFLAT", "2026-11-20", "V"],
         "rp": good["SKYFLAT", "2026-11-20", "rp"],
+        "bpm": good["BPM", "2026-11-20", ""],
     }
-    assert not set(new.values()) & set(old.values()), "dark and flats rebuilt as new masters"
-    assert sorted(m["type"] for m in second["masters"]) == ["DARK", "SKYFLAT", "SKYFLAT"]
+    assert not set(new.values()) & set(old.values()), "dark, flats and mask rebuilt as new masters"
+    assert sorted(m["type"] for m in second["masters"]) == ["BPM", "DARK", "SKYFLAT", "SKYFLAT"]
     assert good["BIAS", "2026-11-19", ""] == next_bias
     assert ("BIAS", "2026-11-20", "") not in good, "the bad bias is not rebuilt from its frames"
-    # Not asserted: a rebuilt bad-pixel mask. The cascade marks the night's BPM bad, but the
-    # worker does not derive a new one (a night with any BPM master, even a bad one, and a BPM
-    # job 'built' is never due again), so the re-reduced science frames have no 'bpm' link.
+    # the night's bad-pixel mask, derived from the bad dark and flats, is derived again
 
     # the rebuilt masters' inputs were prepared with the next best bias (and the new dark)
     dark = next(f for f in frames if f["obstype"] == "DARK")
@@ -119,6 +118,7 @@ def test_mark_bad_bias_rebuilds_dependants_with_the_next_best_master(
         links = _links(target, config, tmp_path)
         assert links["bias"] == next_bias and links["dark"] == new["dark"]
         assert links["flat"] == new[f["filter"]]
+        assert links["bpm"] == new["bpm"], "science waits for the night's new bad-pixel mask"
         assert not set(links.values()) & bad, f"frame {f['id']} still uses a bad master"
         text = run("provenance", target, *config, cwd=tmp_path).stdout
         assert f"bias  master {next_bias}  BIAS" in text
