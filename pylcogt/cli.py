@@ -15,7 +15,13 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from pylcogt import __version__, cli_backfill, cli_calibrations, cli_worker
-from pylcogt.config import DATA_DIR_ENV, DATABASE_URL_ENV, Settings, load_settings
+from pylcogt.config import (
+    CROSSTALK_FILE_ENV,
+    DATA_DIR_ENV,
+    DATABASE_URL_ENV,
+    Settings,
+    load_settings,
+)
 from pylcogt.db.models import FrameState
 from pylcogt.errors import ConfigurationError, PylcogtError
 
@@ -564,6 +570,12 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
         help=f"where products and masters are written (env {DATA_DIR_ENV}; default ./pylcogt-data)",
     )
     group.add_argument(
+        "--crosstalk-file",
+        metavar="FILE",
+        default=default,
+        help=f"Sinistro crosstalk table for frames without CRSTLKij (env {CROSSTALK_FILE_ENV})",
+    )
+    group.add_argument(
         "-v",
         "--verbose",
         action="count",
@@ -830,7 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
-        settings = load_settings(args.database_url, args.data_dir)
+        settings = load_settings(args.database_url, args.data_dir, args.crosstalk_file)
         return COMMANDS[args.command](args, settings)
     except ConfigurationError as exc:
         print(f"pylcogt: error: {exc}", file=sys.stderr)

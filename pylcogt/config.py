@@ -6,6 +6,8 @@ Each setting comes from, in order: the CLI option, the environment variable, the
   ``pylcogt.db`` in the current directory. Production: ``postgresql+psycopg2://user:pw@host/db``.
 - ``PYLCOGT_DATA_DIR`` / ``--data-dir``: where reduced frames and masters are written. Default:
   ``pylcogt-data`` in the current directory.
+- ``PYLCOGT_CROSSTALK_FILE`` / ``--crosstalk-file``: Sinistro crosstalk coefficients per camera
+  and binning (LCO commissioning table format) for frames whose header has no ``CRSTLKij``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,18 @@ from sqlalchemy.exc import ArgumentError
 
 from pylcogt.errors import ConfigurationError
 
-__all__ = ["Settings", "load_settings", "redact_url", "DATABASE_URL_ENV", "DATA_DIR_ENV"]
+__all__ = [
+    "Settings",
+    "load_settings",
+    "redact_url",
+    "DATABASE_URL_ENV",
+    "DATA_DIR_ENV",
+    "CROSSTALK_FILE_ENV",
+]
 
 DATABASE_URL_ENV = "PYLCOGT_DATABASE_URL"
 DATA_DIR_ENV = "PYLCOGT_DATA_DIR"
+CROSSTALK_FILE_ENV = "PYLCOGT_CROSSTALK_FILE"
 DEFAULT_SQLITE_NAME = "pylcogt.db"
 DEFAULT_DATA_DIR_NAME = "pylcogt-data"
 
@@ -33,6 +43,7 @@ class Settings:
 
     database_url: str
     data_dir: Path
+    crosstalk_file: Path | None = None  # Sinistro crosstalk table, for frames without CRSTLKij
 
     @property
     def safe_database_url(self) -> str:
@@ -70,9 +81,16 @@ def _check_url(url: str) -> str:
 
 
 def load_settings(
-    database_url: str | None = None, data_dir: str | os.PathLike | None = None
+    database_url: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    crosstalk_file: str | os.PathLike | None = None,
 ) -> Settings:
     """Resolve settings from explicit values, then the environment, then the defaults."""
     url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{DEFAULT_SQLITE_NAME}"
     directory = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR_NAME
-    return Settings(database_url=_check_url(url), data_dir=Path(directory).expanduser().resolve())
+    crosstalk = crosstalk_file or os.environ.get(CROSSTALK_FILE_ENV) or None
+    return Settings(
+        database_url=_check_url(url),
+        data_dir=Path(directory).expanduser().resolve(),
+        crosstalk_file=Path(crosstalk).expanduser().resolve() if crosstalk else None,
+    )

@@ -35,7 +35,7 @@ from pylcogt.db.models import (
 )
 from pylcogt.db.queue import fence_frame
 from pylcogt.errors import CalibrationNotFoundError, UnprocessableFrameError
-from pylcogt.instruments import SCIENCE_OBSTYPES
+from pylcogt.instruments import SCIENCE_OBSTYPES, crosstalk_lookup
 from pylcogt.io.products import write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.paths import product_path
@@ -115,7 +115,11 @@ def reduce_frame(
                 flat=loaded[CalibrationType.SKYFLAT],
                 bpm=loaded.get(CalibrationType.BPM),
             )
-            reduced = reduce_science(read_raw(frame.path), masters, exptime_s=frame.exptime_s)
+            reduced = reduce_science(
+                read_raw(frame.path, crosstalk=crosstalk_lookup(settings.crosstalk_file)),
+                masters,
+                exptime_s=frame.exptime_s,
+            )
             out = product_path(settings.data_dir, site=frame.instrument.site.code,
                                camera=frame.instrument.camera, dayobs=frame.dayobs,
                                raw_filename=frame.filename)  # fmt: skip

@@ -74,7 +74,7 @@ from pylcogt.errors import (
     TransientError,
     UnprocessableFrameError,
 )
-from pylcogt.instruments import CALIBRATION_OBSTYPES, SCIENCE_OBSTYPES
+from pylcogt.instruments import CALIBRATION_OBSTYPES, SCIENCE_OBSTYPES, crosstalk_lookup
 from pylcogt.io.raw_read import read_raw
 from pylcogt.scheduling import backoff_delay, night_end, night_is_over
 from pylcogt.stages.isr import remove_instrument_signature
@@ -436,7 +436,7 @@ class Worker:
 
     def _check_calibration(self, claim: queue.FrameClaim, timings: dict[str, float]) -> str:
         tick = time.perf_counter()
-        raw = read_raw(claim.path)
+        raw = read_raw(claim.path, crosstalk=crosstalk_lookup(self.settings.crosstalk_file))
         timings["read"] = time.perf_counter() - tick
         tick = time.perf_counter()
         remove_instrument_signature(raw)

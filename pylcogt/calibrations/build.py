@@ -41,6 +41,7 @@ from pylcogt.db.models import (
 )
 from pylcogt.errors import ConfigurationError, NotEnoughInputsError, UnprocessableFrameError
 from pylcogt.frame import Frame, PixelFlag
+from pylcogt.instruments import crosstalk_lookup
 from pylcogt.io.products import read_product, write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.io.spill import SpillDir
@@ -373,7 +374,7 @@ def build_master(
             prepared: list[tuple[RawFrame, float | None]] = []
             for n, frame in enumerate(frames, start=1):
                 try:
-                    raw = read_raw(frame.path)
+                    raw = read_raw(frame.path, crosstalk=crosstalk_lookup(settings.crosstalk_file))
                     masters, used[frame.id] = _masters_for(session, frame, obstype, cache)
                     ready, level = prepare_master_input(raw, obstype, masters,
                                                         exptime_s=frame.exptime_s)  # fmt: skip

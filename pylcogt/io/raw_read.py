@@ -108,12 +108,14 @@ def frame_name(path: str | os.PathLike) -> str:
     return name
 
 
-def read_raw(path: str | os.PathLike, *, crosstalk: np.ndarray | None = None) -> RawImage:
+def read_raw(path: str | os.PathLike, *, crosstalk=None) -> RawImage:
     """Read and validate a raw frame; see the module docstring for formats and checks.
 
     ``crosstalk``: ``(4, 4)`` coefficients ``[i, j]`` (fraction of amplifier i+1's
-    overscan-subtracted signal seen in amplifier j+1) from the instrument configuration, used for
-    a Sinistro frame whose header has no ``CRSTLKij``.
+    overscan-subtracted signal seen in amplifier j+1) from the instrument configuration, or a
+    function ``(INSTRUME, CCDSUM) -> matrix or None`` looking them up (see
+    :func:`pylcogt.instruments.crosstalk_lookup`); used for a Sinistro frame whose header has no
+    ``CRSTLKij``.
     """
     path = Path(path)
     reader = _Reader(path)
@@ -513,7 +515,9 @@ class _Reader:
                 except (TypeError, ValueError):
                     raise self.fail(f"{key} = {value!r} is not a number", key) from None
             source = "header"
-        elif given is not None:
+        elif given is not None and (
+            not callable(given) or (given := given(get("INSTRUME"), get("CCDSUM"))) is not None
+        ):
             matrix = np.array(given, dtype=np.float64)
             if matrix.shape != (n_amps, n_amps):
                 raise self.fail(
