@@ -14,12 +14,15 @@ does it. Both are idempotent: once applied, a new plan is empty.
    yet (a night's master is rebuilt with ``pylcogt calibrations mark-bad``, not by a backfill);
    such a group's failed or deferred ``master_jobs`` row is reset too. With ``redo``, ``done``
    science frames are reset as well (this part is not idempotent by design: it redoes them).
-3. The worker does the rest, in its own order: a night's bias, dark and flats (and their
+3. **As-of rule**: every frame ingested or reset by the backfill gets ``calibration_cutoff``
+   = the end of its night (:func:`pylcogt.scheduling.night_end`, local noon of DAY-OBS + 1 at
+   the site). The worker then reduces it, or prepares it for its master, with masters observed
+   (``master_calibrations.dateobs``, the mean DATE-OBS of their inputs) at or before that time
+   only: what the night should have used, whenever those masters were built (not
+   ``created_at``: a backfill builds masters now). ``pylcogt ingest`` clears the cutoff of a
+   file it registers again.
+4. The worker does the rest, in its own order: a night's bias, dark and flats (and their
    masters) before its science frames, oldest night first.
-
-The as-of rule (a backfill reproduces what the night should have used: only masters created
-before the end of the night plus a grace period) needs a per-frame cutoff the worker can read;
-the schema has none yet, so frames are reduced with the masters selected now (see the report).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pylcogt.db.models import (
     Site,
 )
 from pylcogt.ingest import FileFacts, _record_with_retry, read_file
+from pylcogt.scheduling import night_end
 from pylcogt.watch import is_registered_unchanged, known_unchanged, scan_fits_tree
 
 __all__ = ["BackfillScope", "BackfillPlan", "plan_backfill", "apply_backfill"]
@@ -207,6 +211,24 @@ def _planned_resets(session: Session, plan: BackfillPlan) -> None:
             plan.jobs_to_reset.append(job.id)
 
 
+def _set_cutoffs(session: Session, frame_ids: list[int]) -> None:
+    """The as-of rule: these frames use only masters observed by the end of their night."""
+    if not frame_ids:
+        return
+    rows = session.execute(
+        sa.select(RawFrame.id, RawFrame.dayobs, Site.longitude_deg)
+        .join(Instrument, Instrument.id == RawFrame.instrument_id)
+        .join(Site, Site.id == Instrument.site_id)
+        .where(RawFrame.id.in_(sorted(set(frame_ids))), RawFrame.state != FrameState.PROCESSING)
+    ).all()
+    for frame_id, dayobs, longitude in rows:
+        session.execute(
+            sa.update(RawFrame)
+            .where(RawFrame.id == frame_id)
+            .values(calibration_cutoff=night_end(dayobs, longitude))
+        )
+
+
 def plan_backfill(maker: sessionmaker[Session], scope: BackfillScope) -> BackfillPlan:
     """What :func:`apply_backfill` would do; changes nothing. Files to ingest are read (hashed
     and scanned) to learn their night; the resets are computed on the registry as it is now."""
@@ -222,13 +244,18 @@ def apply_backfill(maker: sessionmaker[Session], scope: BackfillScope) -> Backfi
     """Ingest the range's files, then reset its frames and failed master jobs (one transaction);
     returns the plan that was applied (resets computed after the ingest)."""
     plan = BackfillPlan(scope)
+    ingested_ids: list[int | None] = []
     if scope.raw_dir is not None:
         _planned_ingest(maker, plan)
         for facts in plan.to_ingest:
             result = _record_with_retry(maker, facts)
             plan.ingest_status[str(facts.path)] = result.status
+            if result.status != "rejected":
+                ingested_ids.append(result.frame_id)
+    ingested = [frame_id for frame_id in ingested_ids if frame_id is not None]
     with maker() as session:
         _planned_resets(session, plan)
+        _set_cutoffs(session, [*ingested, *plan.to_reset])
         if plan.to_reset:
             session.execute(
                 sa.update(RawFrame)

@@ -138,6 +138,7 @@ def _reset_processing(
     frame.next_attempt_at = None
     frame.lease_owner = None
     frame.lease_expires_at = None
+    frame.calibration_cutoff = None  # a backfill sets it again on the frames it ingests
     if frame.id is not None:
         # the old product is gone with the old content: so is the record of how it was made
         session.execute(delete(FrameCalibration).where(FrameCalibration.frame_id == frame.id))

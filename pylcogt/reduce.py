@@ -78,6 +78,9 @@ def reduce_frame(
 ) -> ReduceResult:
     """Reduce registered science frame ``frame_id`` and record the outcome on its row.
 
+    Masters are selected as of ``as_of`` (created before it) when given, and never observed
+    after the frame's ``calibration_cutoff`` (set by a backfill: the end of its night).
+
     ``lease_token``: the worker's claim on the frame; the outcome is recorded (and the product
     written) only while the frame is still ``processing`` under that token.
     """
@@ -103,7 +106,7 @@ def reduce_frame(
                 chosen[CalibrationType.BPM] = select_master(
                     session, instrument_id=frame.instrument_id, obstype=CalibrationType.BPM,
                     binning=frame.binning, readout_mode=frame.readout_mode, filter_name="",
-                    dateobs=frame.dateobs, as_of=as_of,
+                    dateobs=frame.dateobs, as_of=as_of, observed_before=frame.calibration_cutoff,
                 )  # fmt: skip
             loaded = {
                 t: load_master(sel.master, fallback_later=sel.fallback_later)

@@ -125,12 +125,14 @@ def load_master(
 def _masters_for(
     session: Session, frame: RawFrame, obstype: str, cache: dict
 ) -> tuple[Masters, dict[str, int]]:
-    """The masters preparing ``frame`` needs, and their ids by role (for provenance)."""
+    """The masters preparing ``frame`` needs, and their ids by role (for provenance); only
+    masters observed at or before the frame's ``calibration_cutoff`` when it has one."""
     chosen = {}
     for needed in NEEDED_MASTERS[obstype]:
         selection = select_master(
             session, instrument_id=frame.instrument_id, obstype=needed, binning=frame.binning,
             readout_mode=frame.readout_mode, filter_name=frame.filter_name, dateobs=frame.dateobs,
+            observed_before=frame.calibration_cutoff,
         )  # fmt: skip
         chosen[needed] = load_master(selection.master, cache)
     ids = {selection_role: m.master_id for selection_role, m in chosen.items()}

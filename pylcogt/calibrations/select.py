@@ -15,8 +15,11 @@ Time rules, with ``t`` the frame's DATE-OBS and ``dateobs`` a master's effective
   header).
 
 Masters with the same ``dateobs`` are told apart by the highest ``id`` (the last registered wins),
-on either side of ``t``. With ``as_of`` only masters with ``created_at < as_of`` are candidates, so
-a backfill reproduces what a night used.
+on either side of ``t``. With ``as_of`` only masters with ``created_at < as_of`` are candidates
+(what was registered then). With ``observed_before`` only masters with ``dateobs <=
+observed_before`` are (the backfill as-of rule: a frame whose ``raw_frames.calibration_cutoff`` is
+set, the end of its night, uses only masters observed by then, what the night should have used,
+whenever they were built).
 
 Speed: every lookup is index probes of ``ix_master_calibrations_lookup``: all its equality
 columns are bound, then a range on ``dateobs`` read in index order with ``LIMIT 1``, so a probe
@@ -27,7 +30,8 @@ second only when the first finds nothing. With ``as_of`` the probes are also bou
 ``dateobs < as_of``: a master is registered after its inputs were observed (``dateobs <=
 created_at``), so this drops no real candidate and keeps a backfill probe from walking every
 later master (a master whose ``created_at`` precedes its own ``dateobs`` is never found by an
-``as_of`` lookup).
+``as_of`` lookup). ``observed_before`` adds ``dateobs <= observed_before`` to both probes, the same
+range column, so the probe shape is unchanged.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def _as_type(obstype: CalibrationType | str) -> CalibrationType:
 
 
 @functools.cache
-def _probe(later: bool, with_as_of: bool) -> sa.Select:
+def _probe(later: bool, with_as_of: bool, with_observed_before: bool = False) -> sa.Select:
     """One index probe, built once: the latest match at or before ``:t``, or the earliest after.
 
     Every equality column of ``ix_master_calibrations_lookup`` is bound, then a range on
@@ -154,15 +158,17 @@ def _probe(later: bool, with_as_of: bool) -> sa.Select:
     )
     if with_as_of:
         query = query.where(m.created_at < sa.bindparam("as_of"), m.dateobs < sa.bindparam("as_of"))
+    if with_observed_before:
+        query = query.where(m.dateobs <= sa.bindparam("observed_before", type_=sa.DateTime))
     time_order = m.dateobs.asc() if later else m.dateobs.desc()
     return query.order_by(time_order, m.id.desc()).limit(1)
 
 
 @functools.cache
-def _both_probes(with_as_of: bool) -> sa.Executable:
+def _both_probes(with_as_of: bool, with_observed_before: bool = False) -> sa.Executable:
     """Both probes in one statement (one round trip): ``UNION ALL`` of two ``LIMIT 1`` queries."""
-    before = _probe(False, with_as_of).subquery()
-    after = _probe(True, with_as_of).subquery()
+    before = _probe(False, with_as_of, with_observed_before).subquery()
+    after = _probe(True, with_as_of, with_observed_before).subquery()
     union = sa.union_all(sa.select(before), sa.select(after))
     return sa.select(MasterCalibration).from_statement(union)
 
@@ -171,7 +177,11 @@ _NONE = "''"
 
 
 def _not_found_message(
-    session: Session, rule: MatchRule, params: Mapping[str, Any], as_of: dt.datetime | None
+    session: Session,
+    rule: MatchRule,
+    params: Mapping[str, Any],
+    as_of: dt.datetime | None,
+    observed_before: dt.datetime | None = None,
 ) -> str:
     instrument = session.get(Instrument, params["instrument_id"])
     if instrument is None:
@@ -192,6 +202,8 @@ def _not_found_message(
         stack += f" --filter {params['filter_name'] or _NONE}"
     stack += f" --binning {binning}"
     created = f", created before {as_of.isoformat(sep=' ')}" if as_of is not None else ""
+    if observed_before is not None:
+        created += f", observed at or before {observed_before.isoformat(sep=' ')} (backfill cutoff)"
     todo = f"build one with `{stack}`"
     if rule.obstype is CalibrationType.BPM:
         todo += (
@@ -217,8 +229,12 @@ def select_master(
     filter_name: str | None,
     dateobs: dt.datetime,
     as_of: dt.datetime | None = None,
+    observed_before: dt.datetime | None = None,
 ) -> Selection:
     """The master of type ``obstype`` that reduces a frame with these attributes (see module doc).
+
+    ``observed_before``: only masters whose ``dateobs`` is at or before it are candidates (a
+    backfilled frame's ``calibration_cutoff``).
 
     ``readout_mode``/``filter_name`` ``None`` mean ``''``; ``filter_name`` is ignored for types
     that do not match on filter. Raises :class:`CalibrationNotFoundError` when no master matches.
@@ -237,22 +253,26 @@ def select_master(
     if cutoff is not None:
         params["as_of"] = cutoff
     with_as_of = cutoff is not None
+    observed = None if observed_before is None else _naive_utc(observed_before)
+    with_observed = observed is not None
+    if with_observed:
+        params["observed_before"] = observed
     if rule.time_rule is TimeRule.LATEST_BEFORE:  # usually one probe; the later one if needed
-        earlier = session.scalars(_probe(False, with_as_of), params).first()
+        earlier = session.scalars(_probe(False, with_as_of, with_observed), params).first()
         if earlier is not None:
             return Selection(earlier, rule)
-        later = session.scalars(_probe(True, with_as_of), params).first()
+        later = session.scalars(_probe(True, with_as_of, with_observed), params).first()
         if later is not None:
             return Selection(later, rule, fallback_later=True)
     else:
-        rows = session.scalars(_both_probes(with_as_of), params).all()
+        rows = session.scalars(_both_probes(with_as_of, with_observed), params).all()
         earlier = next((r for r in rows if r.dateobs <= t), None)
         later = next((r for r in rows if r.dateobs > t), None)
         if earlier is not None and (later is None or t - earlier.dateobs <= later.dateobs - t):
             return Selection(earlier, rule)
         if later is not None:
             return Selection(later, rule)
-    raise CalibrationNotFoundError(_not_found_message(session, rule, params, cutoff))
+    raise CalibrationNotFoundError(_not_found_message(session, rule, params, cutoff, observed))
 
 
 def select_masters_for_frame(
@@ -262,7 +282,8 @@ def select_masters_for_frame(
     *,
     as_of: dt.datetime | None = None,
 ) -> dict[CalibrationType, Selection]:
-    """:func:`select_master` for each needed type, keyed by type.
+    """:func:`select_master` for each needed type, keyed by type, honouring the frame's
+    ``calibration_cutoff`` (``observed_before``).
 
     Raises one :class:`CalibrationNotFoundError` naming every type that has no master.
     """
@@ -279,6 +300,7 @@ def select_masters_for_frame(
                 filter_name=raw_frame.filter_name,
                 dateobs=raw_frame.dateobs,
                 as_of=as_of,
+                observed_before=raw_frame.calibration_cutoff,
             )
         except CalibrationNotFoundError as exc:
             missing.append(str(exc))

@@ -208,6 +208,9 @@ class RawFrame(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    calibration_cutoff: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, comment="use only masters observed at or before this (backfill)"
+    )
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

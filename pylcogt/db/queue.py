@@ -422,7 +422,9 @@ def wake_waiting_frames(engine: Engine) -> int:
     A frame waits when a master type its chain needs had no good master matching its
     instrument, binning, readout mode (and filter, for flats); it is woken once every needed
     type has one (whoever registered it: a worker, ``pylcogt stack``, ``mark-good``), never
-    before, so a frame is not retried in vain. Returns how many frames were woken.
+    before, so a frame is not retried in vain. A frame with a ``calibration_cutoff`` (backfill)
+    counts only masters observed at or before it, as its reduction selects them. Returns how
+    many frames were woken.
     """
     f = _FRAMES
     conditions = []
@@ -453,6 +455,7 @@ def _master_exists(frame, obstype: str) -> sa.Exists:
         m.c.readout_mode == sa.func.coalesce(frame.c.readout_mode, ""),
         m.c.filter_name == filter_name,
         m.c.is_bad == sa.false(),
+        or_(frame.c.calibration_cutoff.is_(None), m.c.dateobs <= frame.c.calibration_cutoff),
     )
 
 

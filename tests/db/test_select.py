@@ -266,6 +266,61 @@ def test_as_of_flat_falls_back_when_earlier_one_created_later(reg: Registry) -> 
     assert chosen.master.id == later.id and chosen.fallback_later
 
 
+# --- observed_before (the backfill as-of rule) ------------------------------------------------
+def test_observed_before_excludes_masters_observed_later(reg: Registry) -> None:
+    old = reg.add(BIAS, T0 - 1 * D, created_at=T0 + 30 * D)  # built long after: still a candidate
+    new = reg.add(BIAS, T0 + 2 * H)
+    assert reg.select(BIAS, T0).master.id == new.id
+    assert reg.select(BIAS, T0, observed_before=T0 + 1 * H).master.id == old.id
+    assert reg.select(BIAS, T0, observed_before=new.dateobs).master.id == new.id  # inclusive
+    early = new.dateobs - dt.timedelta(microseconds=1)
+    assert reg.select(BIAS, T0, observed_before=early).master.id == old.id
+    pattern = r"observed at or before 2026-11-27 00:00:00 \(backfill cutoff\)"
+    with pytest.raises(CalibrationNotFoundError, match=pattern):
+        reg.select(BIAS, T0, observed_before=T0 - 2 * D - 3 * H)
+
+
+def test_observed_before_with_as_of(reg: Registry) -> None:
+    old = reg.add(BIAS, T0 - 1 * D, created_at=T0 - 1 * D + 1 * H)
+    reg.add(BIAS, T0 - 1 * H, created_at=T0 + 10 * D)
+    reg.add(BIAS, T0 + 1 * H, created_at=T0 + 2 * H)
+    chosen = reg.select(BIAS, T0, as_of=T0 + 5 * D, observed_before=T0)
+    assert chosen.master.id == old.id
+
+
+@pytest.mark.parametrize("obstype", CLOSEST_TYPES)
+def test_observed_before_closest_types(reg: Registry, obstype) -> None:
+    before = reg.add(obstype, T0 - 10 * H)
+    reg.add(obstype, T0 + 1 * H)
+    assert (
+        reg.select(obstype, T0, observed_before=T0 + 30 * dt.timedelta(minutes=1)).master.id
+        == before.id
+    )
+
+
+def test_observed_before_flat(reg: Registry) -> None:
+    older = reg.add(FLAT, T0 - 1 * D)
+    reg.add(FLAT, T0 - 2 * H)
+    later = reg.add(FLAT, T0 + 1 * D)
+    assert reg.select(FLAT, T0, observed_before=T0 - 3 * H).master.id == older.id
+    # nothing at or before the frame: the earliest later one, if observed by the cutoff
+    chosen = reg.select(FLAT, T0 - 2 * D, observed_before=T0 - 3 * H)
+    assert chosen.master.id == older.id and chosen.fallback_later
+    with pytest.raises(CalibrationNotFoundError):
+        reg.select(FLAT, T0 - 2 * D, observed_before=T0 - 2 * D)
+    assert reg.select(FLAT, T0 + 2 * D, observed_before=later.dateobs).master.id == later.id
+
+
+def test_select_masters_for_frame_honours_calibration_cutoff(reg: Registry) -> None:
+    bias = reg.add(BIAS, T0 - 1 * D)
+    reg.add(BIAS, T0 + 1 * H)
+    frame = _frame(reg, calibration_cutoff=T0 + 30 * dt.timedelta(minutes=1))
+    assert select_masters_for_frame(reg.session, frame, [BIAS])[BIAS].master.id == bias.id
+    frame.calibration_cutoff = T0 - 2 * D
+    with pytest.raises(CalibrationNotFoundError, match=r"backfill cutoff"):
+        select_masters_for_frame(reg.session, frame, [BIAS])
+
+
 def test_timezone_aware_times_are_utc(reg: Registry) -> None:
     early = reg.add(BIAS, T0 - 3 * H)
     late = reg.add(BIAS, T0 + 1 * H)
@@ -425,6 +480,9 @@ _LOOKUPS = [
     ({"obstype": DARK, "dateobs": T0 - 40 * D, "as_of": T0 - 20 * D}, [2]),
     ({"obstype": FLAT, "dateobs": T0 - 40 * D}, [1]),
     ({"obstype": FLAT, "dateobs": T0 - 200 * D, "as_of": T0}, [1, 1]),
+    ({"obstype": BIAS, "dateobs": T0 - 40 * D, "observed_before": T0 - 39 * D}, [2]),
+    ({"obstype": FLAT, "dateobs": T0 - 40 * D, "observed_before": T0 - 39 * D}, [1]),
+    ({"obstype": FLAT, "dateobs": T0 - 200 * D, "observed_before": T0}, [1, 1]),
 ]
 _KEY = {"binning": "1x1", "readout_mode": "full_frame", "filter_name": "rp"}
 

@@ -68,3 +68,47 @@ def test_backfill_two_nights_dry_run_then_real_then_nothing(raw: Path, tmp_path:
     assert redo["reset"] == {"frames": 1, "by_state": {"failed": 1}}
     assert redo["worker"]["reduced"] == 1
     assert {f["state"] for f in _json("frames", "list", cwd=tmp_path)} == {"done"}
+
+
+AS_OF_NIGHTS = ("20261119", "20261120", "20261121")
+
+
+def test_backfill_uses_only_masters_observed_by_the_end_of_the_night(tmp_path: Path) -> None:
+    """Night 20261120 has no bias frames: a backfill makes its dark, flats and science borrow
+    the bias of 20261119 (observed before the night ended), never the one of 20261121, even
+    though that one exists already and is closer in time."""
+    from astropy.io import fits
+
+    raw = tmp_path / "raw"
+    for i, night in enumerate(AS_OF_NIGHTS):
+        simulate_night(raw / night, camera="sbig", size=128, seed=10 + i, n_bias=3, n_dark=2,
+                       n_flat=2, n_science=1, filters=("rp",), dayobs=night)  # fmt: skip
+    biases = [p for p in (raw / "20261120").rglob("*.fits*")
+              if fits.getheader(p).get("OBSTYPE") == "BIAS"]  # fmt: skip
+    assert biases
+    for path in biases:
+        path.unlink()
+    # the later night is processed first (as it came in), so its bias master exists already
+    run("ingest", str(raw / "20261121"), cwd=tmp_path)
+    run("worker", "--until-idle", "--quiet-time", "0", cwd=tmp_path)
+
+    span = ("--since", AS_OF_NIGHTS[0], "--until", AS_OF_NIGHTS[-1])
+    real = _json("backfill", *span, "--raw-dir", str(raw), "--run", cwd=tmp_path)
+    assert real["worker"]["failed"] == 0 and not real["worker"]["errors"]
+    with sqlite3.connect(tmp_path / "pylcogt.db") as db:
+        query = "SELECT id, dayobs FROM master_calibrations WHERE obstype = 'BIAS'"
+        bias_night = dict(db.execute(query).fetchall())
+        assert sorted(d[:10] for d in bias_night.values()) == ["2026-11-19", "2026-11-21"]
+        rows = db.execute(
+            "SELECT f.filename, f.obstype, f.state, f.calibration_cutoff, fc.master_id "
+            "FROM raw_frames f LEFT JOIN frame_calibrations fc "
+            "ON fc.frame_id = f.id AND fc.role = 'bias' WHERE f.dayobs LIKE '2026-11-20%'"
+        ).fetchall()
+        later = db.execute("SELECT count(*) FROM raw_frames WHERE dayobs LIKE '2026-11-21%' "
+                           "AND calibration_cutoff IS NOT NULL").fetchone()[0]  # fmt: skip
+    assert {r[1] for r in rows} == {"DARK", "SKYFLAT", "EXPOSE"}
+    for filename, _obstype, state, cutoff, master_id in rows:
+        assert state == "done", filename
+        assert cutoff is not None and cutoff.startswith("2026-11-21"), (filename, cutoff)
+        assert master_id is not None and bias_night[master_id][:10] == "2026-11-19", filename
+    assert later == 0, "frames ingested and done before the backfill are left as they were"
