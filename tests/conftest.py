@@ -60,6 +60,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         dispose_engines()
         return
+    yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database only (tests about PostgreSQL itself: planner, SKIP LOCKED)."""
     admin = request.getfixturevalue("_postgres_admin_engine")
     name, url = _new_postgres_db(admin)
     try:

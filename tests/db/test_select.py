@@ -487,21 +487,6 @@ _LOOKUPS = [
 _KEY = {"binning": "1x1", "readout_mode": "full_frame", "filter_name": "rp"}
 
 
-@pytest.fixture
-def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh PostgreSQL database only (the EXPLAIN test is about PostgreSQL's planner)."""
-    admin = request.getfixturevalue("_postgres_admin_engine")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.mark.postgres
 def test_lookup_is_an_index_probe_on_postgresql(postgres_url: str) -> None:
     migrate.upgrade(postgres_url)

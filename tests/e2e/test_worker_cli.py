@@ -18,15 +18,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from pylcogt.db.session import dispose_engines
 from pylcogt.simulate import simulate_night
 
 from .test_cli import PYLCOGT, run
@@ -98,18 +95,9 @@ def _processing_science(url: str, pid: int) -> list:
 
 
 @pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh PostgreSQL database."""
-    admin = request.getfixturevalue("_postgres_admin_engine")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def pg_url(postgres_url: str) -> str:
+    """A fresh PostgreSQL database (the conftest fixture, under this module's name)."""
+    return postgres_url
 
 
 def test_worker_help_documents_the_service(tmp_path: Path) -> None:
