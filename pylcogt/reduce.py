@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
+from pylcogt.calibrations.build import load_master
 from pylcogt.calibrations.select import select_master, select_masters_for_frame
 from pylcogt.config import Settings
 from pylcogt.db.models import (
@@ -31,17 +31,15 @@ from pylcogt.db.models import (
     FrameCalibration,
     FrameState,
     Instrument,
-    MasterCalibration,
     RawFrame,
 )
 from pylcogt.db.queue import fence_frame
 from pylcogt.errors import CalibrationNotFoundError, UnprocessableFrameError
-from pylcogt.frame import Frame
 from pylcogt.instruments import SCIENCE_OBSTYPES, crosstalk_lookup
-from pylcogt.io.products import read_product, write_product
+from pylcogt.io.products import write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.paths import product_path
-from pylcogt.pipeline import LoadedMaster, Masters, reduce_science
+from pylcogt.pipeline import Masters, reduce_science
 
 __all__ = ["ReduceResult", "reduce_frame"]
 
@@ -63,27 +61,6 @@ class ReduceResult:
     product_path: str | None = None
     error: str | None = None
     masters: dict[str, dict] = field(default_factory=dict)  # role -> {id, path}
-
-
-#: Masters kept in memory per process (a 4k master is ~150 MB): one instrument's bias, dark,
-#: flat and mask, so consecutive frames of a night skip reading them (0.4-0.8 s each).
-MASTER_CACHE_SIZE = 4
-_master_cache: OrderedDict[tuple[int, str, str], Frame] = OrderedDict()
-
-
-def _cached_master(master: MasterCalibration, *, fallback_later: bool) -> LoadedMaster:
-    """The master's product, read once per process; keyed by id, checksum and path, so a
-    master rebuilt in place (new checksum) is read again."""
-    key = (master.id, master.checksum, master.path)
-    frame = _master_cache.get(key)
-    if frame is None:
-        frame = read_product(master.path)
-        _master_cache[key] = frame
-        while len(_master_cache) > MASTER_CACHE_SIZE:
-            _master_cache.popitem(last=False)
-    else:
-        _master_cache.move_to_end(key)
-    return LoadedMaster(frame, master.id, fallback_later)
 
 
 def _load_frame(session: Session, frame_id: int) -> RawFrame:
@@ -132,7 +109,7 @@ def reduce_frame(
                     dateobs=frame.dateobs, as_of=as_of, observed_before=frame.calibration_cutoff,
                 )  # fmt: skip
             loaded = {
-                t: _cached_master(sel.master, fallback_later=sel.fallback_later)
+                t: load_master(sel.master, fallback_later=sel.fallback_later)
                 for t, sel in chosen.items()
             }
             masters = Masters(

@@ -153,26 +153,26 @@ def test_err_keeps_its_relative_precision(tmp_path: Path) -> None:
     assert np.abs(relative).max() < 0.025
 
 
-def test_reduce_reads_each_master_once_per_process(tmp_path: Path, monkeypatch) -> None:
+def test_each_master_is_read_once_per_process(tmp_path: Path, monkeypatch) -> None:
     """The per-process master cache: same id and checksum -> one read; new checksum -> re-read."""
     from types import SimpleNamespace
 
-    from pylcogt import reduce as reduce_module
+    from pylcogt.calibrations import build as build_module
 
     path = tmp_path / "m.fits.fz"
     write_product(path, _frame())
     reads = []
-    real = reduce_module.read_product
+    real = build_module.read_product
     monkeypatch.setattr(reduce_module, "read_product", lambda p: reads.append(p) or real(p))
-    monkeypatch.setattr(reduce_module, "_master_cache", type(reduce_module._master_cache)())
+    monkeypatch.setattr(reduce_module, "_master_cache", type(build_module._master_cache)())
     master = SimpleNamespace(id=7, checksum="a" * 64, path=str(path))
-    first = reduce_module._cached_master(master, fallback_later=False)
-    again = reduce_module._cached_master(master, fallback_later=True)
+    first = build_module.load_master(master, fallback_later=False)
+    again = build_module.load_master(master, fallback_later=True)
     assert len(reads) == 1 and again.frame is first.frame and again.fallback_later
     rebuilt = SimpleNamespace(id=7, checksum="b" * 64, path=str(path))
-    reduce_module._cached_master(rebuilt, fallback_later=False)
+    build_module.load_master(rebuilt, fallback_later=False)
     assert len(reads) == 2
-    for i in range(reduce_module.MASTER_CACHE_SIZE + 1):
-        reduce_module._cached_master(SimpleNamespace(id=100 + i, checksum="c", path=str(path)),
+    for i in range(build_module.MASTER_CACHE_SIZE + 1):
+        build_module.load_master(SimpleNamespace(id=100 + i, checksum="c", path=str(path)),
                                      fallback_later=False)  # fmt: skip
-    assert len(reduce_module._master_cache) == reduce_module.MASTER_CACHE_SIZE
+    assert len(build_module._master_cache) == build_module.MASTER_CACHE_SIZE
