@@ -163,8 +163,8 @@ def test_each_master_is_read_once_per_process(tmp_path: Path, monkeypatch) -> No
     write_product(path, _frame())
     reads = []
     real = build_module.read_product
-    monkeypatch.setattr(reduce_module, "read_product", lambda p: reads.append(p) or real(p))
-    monkeypatch.setattr(reduce_module, "_master_cache", type(build_module._master_cache)())
+    monkeypatch.setattr(build_module, "read_product", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(build_module, "_master_cache", type(build_module._master_cache)())
     master = SimpleNamespace(id=7, checksum="a" * 64, path=str(path))
     first = build_module.load_master(master, fallback_later=False)
     again = build_module.load_master(master, fallback_later=True)
