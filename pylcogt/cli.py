@@ -663,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
     parser = argparse.ArgumentParser(
         prog="pylcogt",
-        description="Reduction service for LCO CCD frames: registry, ingest, simulation.",
+        description="Reduction service for LCO CCD frames: registry, ingest, masters, reduction, "
+        "the worker service and provenance.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_common(suppress=False)],
