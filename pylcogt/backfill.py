@@ -44,6 +44,7 @@ from pylcogt.db.models import (
     RawFrame,
     Site,
 )
+from pylcogt.db.session import writer
 from pylcogt.ingest import FileFacts, _record_with_retry, read_file
 from pylcogt.scheduling import night_end
 from pylcogt.watch import is_registered_unchanged, known_unchanged, scan_fits_tree
@@ -253,7 +254,7 @@ def apply_backfill(maker: sessionmaker[Session], scope: BackfillScope) -> Backfi
             if result.status != "rejected":
                 ingested_ids.append(result.frame_id)
     ingested = [frame_id for frame_id in ingested_ids if frame_id is not None]
-    with maker() as session:
+    with writer(maker)() as session:
         _planned_resets(session, plan)
         _set_cutoffs(session, [*ingested, *plan.to_reset])
         if plan.to_reset:

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pylcogt.db import repo
 from pylcogt.db.models import FrameCalibration, FrameState, RawFrame, utcnow
+from pylcogt.db.session import writer
 from pylcogt.errors import UnprocessableFrameError
 from pylcogt.io.raw_header import FrameMetadata, read_frame_metadata
 from pylcogt.io.scan import scan_fits, sha256_file
@@ -291,6 +292,7 @@ def ingest_paths(
 def _record_with_retry(maker: sessionmaker[Session], facts: FileFacts) -> IngestResult:
     # a concurrent ingest of the same path can win the unique constraint: then redo the file,
     # which now finds the row the other process wrote
+    maker = writer(maker)
     for attempt in range(3):
         with maker() as session:
             try:

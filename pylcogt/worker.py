@@ -121,9 +121,12 @@ class WorkerConfig:
     shutdown_grace_s: float = 20.0
     #: stop once nothing is left that can be done now
     until_idle: bool = False
+    #: ``--processes``: a child that died is restarted at once, then (dying again within a
+    #: minute of its start) after this delay, doubled each time up to 60 s
+    restart_base_s: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "poll_s", "retry_base_s", "retry_cap_s"):
+        for name in ("lease_s", "poll_s", "retry_base_s", "retry_cap_s", "restart_base_s"):
             if not getattr(self, name) > 0:
                 msg = f"{name} must be > 0, got {getattr(self, name)!r}"
                 raise ConfigurationError(msg)
@@ -627,16 +630,22 @@ def run_workers(
     results, logs = ctx.Queue(), ctx.Queue()
     listener = logging.handlers.QueueListener(logs, _Dispatch(), respect_handler_level=False)
     listener.start()
-    children = [
-        ctx.Process(target=_child_main, args=(settings, config, i, results, logs, _log_levels()),
-                    name=f"pylcogt-worker-{i}", daemon=False)
-        for i in range(processes)
-    ]  # fmt: skip
+    levels = _log_levels()
+
+    def spawn(index: int):
+        child = ctx.Process(target=_child_main, name=f"pylcogt-worker-{index}", daemon=False,
+                            args=(settings, config, index, results, logs, levels))  # fmt: skip
+        child.start()
+        return child
+
+    children: dict[int, multiprocessing.process.BaseProcess] = {}
+    stopping = threading.Event()
     previous = {}
 
     def forward(signum, _frame) -> None:
+        stopping.set()
         log.info("signal %d: stopping %d worker processes", signum, len(children))
-        for child in children:
+        for child in list(children.values()):
             if child.pid is not None and child.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGTERM)
@@ -645,21 +654,40 @@ def run_workers(
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, forward)
     summary = WorkSummary()
+    supervisor = _Supervisor(restart_base_s=config.restart_base_s)
     try:
-        for child in children:
-            child.start()
+        for i in range(processes):
+            children[i] = spawn(i)
+            supervisor.started(i)
         if on_start:
             on_start()
         reported: dict[int, dict] = {}
-        while any(c.is_alive() for c in children) or not results.empty():
+        while (any(c.is_alive() for c in children.values()) or not results.empty()
+               or (supervisor.pending() and not stopping.is_set())):  # fmt: skip
             with contextlib.suppress(Exception):
                 index, data = results.get(timeout=0.2)
                 reported[index] = data
-        for child in children:
+            for i, child in list(children.items()):
+                if child.is_alive() or child.exitcode == 0 or i in reported:
+                    continue
+                # died without reporting (killed, out of memory, a crash): its frame's lease
+                # expires and another worker takes it over; start a replacement
+                if stopping.is_set():
+                    continue
+                if supervisor.restart_delay(i) > 0:
+                    continue
+                summary.errors.append(f"worker process {i} (pid {child.pid}) died with status "
+                                      f"{child.exitcode}; restarted")  # fmt: skip
+                log.error("worker process %d (pid %s) died with status %s; starting a "
+                          "replacement", i, child.pid, child.exitcode)  # fmt: skip
+                child.join()
+                children[i] = spawn(i)
+                supervisor.started(i)
+        for child in children.values():
             child.join()
         for data in reported.values():
             summary.merge(WorkSummary.from_transport(data))
-        for i, child in enumerate(children):
+        for i, child in children.items():
             if child.exitcode != 0 or i not in reported:
                 summary.errors.append(f"worker process {i} (pid {child.pid}) exited with "
                                       f"status {child.exitcode}")  # fmt: skip
@@ -668,6 +696,39 @@ def run_workers(
             signal.signal(signum, handler)
         listener.stop()
     return summary
+
+
+class _Supervisor:
+    """When to restart a ``--processes`` child that died: at once the first time, then after a
+    delay doubling with each death within a minute of its start (at most 60 s), so a child that
+    dies on start-up (a broken installation) does not spin."""
+
+    def __init__(self, *, restart_base_s: float) -> None:
+        self.base_s = restart_base_s
+        self.started_at: dict[int, float] = {}
+        self.quick_deaths: dict[int, int] = {}
+        self.due_at: dict[int, float] = {}
+
+    def started(self, index: int) -> None:
+        self.started_at[index] = time.monotonic()
+        self.due_at.pop(index, None)
+
+    def pending(self) -> bool:
+        return bool(self.due_at)
+
+    def restart_delay(self, index: int) -> float:
+        """Seconds until child ``index`` (found dead) may be restarted; 0: now."""
+        now = time.monotonic()
+        if index not in self.due_at:
+            quick = now - self.started_at.get(index, now) < 60.0
+            self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick else 0
+            n = self.quick_deaths[index]
+            delay = 0.0 if n <= 1 else min(60.0, self.base_s * 2 ** (n - 2))
+            if delay > 0:
+                log.error("worker process %d died again within a minute of its start; "
+                          "restarting it in %g s", index, delay)  # fmt: skip
+            self.due_at[index] = now + delay
+        return max(0.0, self.due_at[index] - now)
 
 
 class _Dispatch(logging.Handler):

@@ -40,6 +40,7 @@ from pylcogt.db.models import (
     RawFrame,
     utcnow,
 )
+from pylcogt.db.session import writer
 from pylcogt.errors import ConfigurationError, NotEnoughInputsError, UnprocessableFrameError
 from pylcogt.frame import Frame, PixelFlag
 from pylcogt.instruments import crosstalk_lookup
@@ -320,7 +321,7 @@ def add_external_bpm(
         flags = read_mask(source)
     except (OSError, ValueError) as exc:
         raise UnprocessableFrameError(f"cannot use {source} as a bad-pixel mask: {exc}") from None
-    with maker() as session:
+    with writer(maker)() as session:
         query = select(Instrument).options(joinedload(Instrument.site))
         instruments = session.scalars(query.where(Instrument.camera == camera.lower())).all()
         if len(instruments) != 1:

@@ -19,7 +19,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["get_engine", "get_sessionmaker", "dispose_engines", "SQLITE_BEGIN_IMMEDIATE"]
+__all__ = [
+    "get_engine",
+    "get_sessionmaker",
+    "writer",
+    "dispose_engines",
+    "SQLITE_BEGIN_IMMEDIATE",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: ``connection.execution_options(**SQLITE_BEGIN_IMMEDIATE)``: SQLite transactions on this
@@ -75,6 +81,21 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
         with _lock:
             _sessionmakers.setdefault(url, maker)
     return maker
+
+
+def writer(maker: sessionmaker[Session]) -> sessionmaker[Session]:
+    """``maker`` for read-then-write transactions: on SQLite they begin with ``BEGIN IMMEDIATE``.
+
+    A deferred SQLite transaction that reads, then writes after another connection has
+    committed fails at once with "database is locked" (its snapshot is stale; the busy timeout
+    does not apply), which is what ingesting while workers run would do. Taking the write lock
+    first waits for it instead. PostgreSQL: unchanged.
+    """
+    bind = maker.kw.get("bind")
+    if bind is None or bind.dialect.name != "sqlite":
+        return maker
+    return sessionmaker(bind=bind.execution_options(**SQLITE_BEGIN_IMMEDIATE),
+                        expire_on_commit=maker.kw.get("expire_on_commit", True))  # fmt: skip
 
 
 def dispose_engines() -> None:
