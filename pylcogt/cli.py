@@ -14,11 +14,12 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from pylcogt import __version__, cli_backfill, cli_calibrations, cli_worker
+from pylcogt import __version__, cli_backfill, cli_calibrations, cli_solve, cli_worker
 from pylcogt.config import (
     CROSSTALK_FILE_ENV,
     DATA_DIR_ENV,
     DATABASE_URL_ENV,
+    INDEX_DIR_ENV,
     Settings,
     load_settings,
 )
@@ -311,6 +312,10 @@ def cmd_instruments(args: argparse.Namespace, settings: Settings) -> int:
 def _simulate(args: argparse.Namespace, outdir: Path):
     from pylcogt.simulate import simulate_night
 
+    if args.pixscale is not None and not 0 < args.pixscale < float("inf"):
+        raise ConfigurationError(f"--pixscale must be a positive number, got {args.pixscale}")
+    if args.distortion is not None and not abs(args.distortion) < float("inf"):
+        raise ConfigurationError(f"--distortion must be a number, got {args.distortion}")
     show, done = _stderr_progress(not args.quiet)
 
     def progress(i: int, n: int, name: str) -> None:
@@ -332,6 +337,11 @@ def _simulate(args: argparse.Namespace, outdir: Path):
             filters=tuple(args.filters.split(",")),
             compress=args.compress,
             progress=progress,
+            stars=args.stars,
+            index_dir=args.index_dir or os.environ.get(INDEX_DIR_ENV),  # the global option
+            pixscale=args.pixscale,
+            distortion=args.distortion,
+            faint_stars=not args.no_faint_stars,
         )
     finally:
         done()
@@ -433,7 +443,8 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
             continue
         results.append({
             "path": outcome.path, "state": outcome.state, "product": outcome.product_path,
-            "error": outcome.error, "masters": outcome.masters,
+            "error": outcome.error, "masters": outcome.masters, "n_sources": outcome.n_sources,
+            "wcs": outcome.wcs,
         })  # fmt: skip
     if args.json:
         _print_json(results)
@@ -442,6 +453,7 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{r['state']:20s} {Path(r['path']).name}"
                 + (f" -> {r['product']}" if r.get("product") else "")
+                + (f" ({r['n_sources']} sources, WCS {r['wcs']})" if r.get("wcs") else "")
             )
             for role, m in (r.get("masters") or {}).items():
                 print(f"  {role:5s} master {m['id']}: {m['path']}")
@@ -575,6 +587,15 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
         default=default,
         help=f"Sinistro crosstalk table for frames without CRSTLKij (env {CROSSTALK_FILE_ENV})",
     )
+    group.add_argument(
+        "--index-dir",
+        metavar="DIR",
+        default=default,
+        help=f"astrometry.net index files: the WCS of science frames, and the stars of "
+        f"`simulate --stars tycho2` (env {INDEX_DIR_ENV}; default /usr/share/astrometry, from "
+        "Debian's astrometry-data-* packages; 'none': no astrometry)",
+    )
+
     group.add_argument(
         "-v",
         "--verbose",
@@ -783,6 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_calibrations.add_parsers(add, common)
     cli_worker.add_worker_command(add, common)
     cli_backfill.add_backfill_command(add, common)
+    cli_solve.add_solve_command(add, common)
 
     p = add(
         "simulate",
@@ -794,6 +816,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("outdir", help="directory to write into (created if needed)")
     _add_simulation_options(p, size=None, n_bias=5)
+    p.add_argument(
+        "--stars",
+        choices=["synthetic", "tycho2"],
+        default="synthetic",
+        help="synthetic stars, or the real Tycho-2 stars of the astrometry.net index files "
+        "(mag ~5-12, on a field away from the galactic plane) plus fainter synthetic ones "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--pixscale",
+        type=float,
+        default=None,
+        metavar="ARCSEC",
+        help="arcsec per binned pixel instead of the camera's: wide-field mode (a small "
+        "telescope of the same focal ratio; PSF >= 2.2 pixels; exposures chosen so mag 8.5 "
+        "peaks at half saturation). 6 with --size 1024 gives a 1.7 deg field that the Tycho-2 "
+        "index files can solve",
+    )
+    p.add_argument(
+        "--distortion",
+        type=float,
+        default=None,
+        metavar="ARCSEC",
+        help="radial cubic (SIP) distortion of the true WCS (truth.json): arcsec between it and "
+        "its linear part at the frame corners, positive barrel, negative pincushion, at most 10%% "
+        "of the corner's distance from the centre (default: 5, or 25 with --pixscale, but at "
+        "most 2%% of that distance)",
+    )
+    p.add_argument(
+        "--no-faint-stars",
+        action="store_true",
+        help="with --stars tycho2: only the Tycho-2 stars, no fainter synthetic ones",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object listing the files")
 
     p = add(
@@ -824,6 +879,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "worker": cli_worker.cmd_worker,
     "backfill": cli_backfill.cmd_backfill,
+    "solve": cli_solve.cmd_solve,
 }
 
 
@@ -843,7 +899,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
-        settings = load_settings(args.database_url, args.data_dir, args.crosstalk_file)
+        settings = load_settings(args.database_url, args.data_dir, args.crosstalk_file,
+                                 args.index_dir)  # fmt: skip
         return COMMANDS[args.command](args, settings)
     except ConfigurationError as exc:
         print(f"pylcogt: error: {exc}", file=sys.stderr)

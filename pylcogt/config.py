@@ -8,6 +8,9 @@ Each setting comes from, in order: the CLI option, the environment variable, the
   ``pylcogt-data`` in the current directory.
 - ``PYLCOGT_CROSSTALK_FILE`` / ``--crosstalk-file``: Sinistro crosstalk coefficients per camera
   and binning (LCO commissioning table format) for frames whose header has no ``CRSTLKij``.
+- ``PYLCOGT_INDEX_DIR`` / ``--index-dir``: astrometry.net index files for the science chain's
+  WCS. Default: ``/usr/share/astrometry`` (Debian's packages). ``none`` turns astrometry off
+  (catalogues are still made; the WCS status card says why there is no WCS).
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ __all__ = [
     "DATABASE_URL_ENV",
     "DATA_DIR_ENV",
     "CROSSTALK_FILE_ENV",
+    "INDEX_DIR_ENV",
+    "DEFAULT_INDEX_DIR",
 ]
 
 DATABASE_URL_ENV = "PYLCOGT_DATABASE_URL"
 DATA_DIR_ENV = "PYLCOGT_DATA_DIR"
 CROSSTALK_FILE_ENV = "PYLCOGT_CROSSTALK_FILE"
+INDEX_DIR_ENV = "PYLCOGT_INDEX_DIR"
+DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 DEFAULT_SQLITE_NAME = "pylcogt.db"
 DEFAULT_DATA_DIR_NAME = "pylcogt-data"
 
@@ -44,6 +51,8 @@ class Settings:
     database_url: str
     data_dir: Path
     crosstalk_file: Path | None = None  # Sinistro crosstalk table, for frames without CRSTLKij
+    #: astrometry.net index directory; ``None``: astrometry off
+    index_dir: Path | None = DEFAULT_INDEX_DIR
 
     @property
     def safe_database_url(self) -> str:
@@ -84,13 +93,16 @@ def load_settings(
     database_url: str | None = None,
     data_dir: str | os.PathLike | None = None,
     crosstalk_file: str | os.PathLike | None = None,
+    index_dir: str | os.PathLike | None = None,
 ) -> Settings:
     """Resolve settings from explicit values, then the environment, then the defaults."""
     url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{DEFAULT_SQLITE_NAME}"
     directory = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR_NAME
     crosstalk = crosstalk_file or os.environ.get(CROSSTALK_FILE_ENV) or None
+    index = str(index_dir or os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR)
     return Settings(
         database_url=_check_url(url),
         data_dir=Path(directory).expanduser().resolve(),
         crosstalk_file=Path(crosstalk).expanduser().resolve() if crosstalk else None,
+        index_dir=None if index.lower() in ("none", "off") else Path(index).expanduser().resolve(),
     )

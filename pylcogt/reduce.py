@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
@@ -40,6 +41,7 @@ from pylcogt.io.products import write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.paths import product_path
 from pylcogt.pipeline import Masters, reduce_science
+from pylcogt.science import astrometry_config, catalog_and_wcs
 
 __all__ = ["ReduceResult", "reduce_frame"]
 
@@ -61,6 +63,9 @@ class ReduceResult:
     product_path: str | None = None
     error: str | None = None
     masters: dict[str, dict] = field(default_factory=dict)  # role -> {id, path}
+    n_sources: int | None = None  # rows of the product's CAT
+    wcs: str | None = None  # astrometry status: 'solved' or 'failed'
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
 
 
 def _load_frame(session: Session, frame_id: int) -> RawFrame:
@@ -118,6 +123,8 @@ def reduce_frame(
                 flat=loaded[CalibrationType.SKYFLAT],
                 bpm=loaded.get(CalibrationType.BPM),
             )
+            session.commit()  # no read transaction held open over the computation
+            tick = time.perf_counter()
             reduced = reduce_science(
                 read_raw(frame.path, crosstalk=crosstalk_lookup(settings.crosstalk_file)),
                 masters,
@@ -126,8 +133,15 @@ def reduce_frame(
             out = product_path(settings.data_dir, site=frame.instrument.site.code,
                                camera=frame.instrument.camera, dayobs=frame.dayobs,
                                raw_filename=frame.filename)  # fmt: skip
+            result.timings["calibrate"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            science = catalog_and_wcs(reduced, astrometry_config(settings.index_dir))
+            result.timings["astrometry"] = science.solution.elapsed_s
+            result.timings["sources"] = time.perf_counter() - tick - science.solution.elapsed_s
+            tick = time.perf_counter()
             fence()
-            write_product(out, reduced)
+            write_product(out, science.frame, catalog=science.catalog)
+            result.timings["write"] = time.perf_counter() - tick
         except CalibrationNotFoundError as exc:
             fence()
             frame.state = FrameState.WAITING_CALIBRATION
@@ -160,5 +174,7 @@ def reduce_frame(
         frame.last_error = None
         session.commit()
         result.state, result.product_path = frame.state.value, str(out)
+        result.n_sources = len(science.catalog)
+        result.wcs = science.solution.status
         log.info("reduced %s -> %s", frame.filename, out.name)
         return result

@@ -413,7 +413,10 @@ class Worker:
                 result = reduce_module.reduce_frame(
                     self.maker, self.settings, claim.frame_id, lease_token=claim.token
                 )
-                timings["reduce"] = time.perf_counter() - tick
+                if result.timings:
+                    timings.update(result.timings)
+                else:
+                    timings["reduce"] = time.perf_counter() - tick
                 return result.state
             msg = f"{claim.filename}: no processing chain for OBSTYPE {claim.obstype!r}"
             raise UnprocessableFrameError(msg, path=claim.path)

@@ -221,6 +221,17 @@ def solve(
             n_sources=int(x.size),
             elapsed_s=time.monotonic() - start,
         )
+    diagonal_arcmin = math.hypot(width, height) * pixscale_arcsec / 60.0
+    smallest = min(f.header.scale_low_arcmin for f in index_files)
+    if smallest > diagonal_arcmin:
+        largest = max(f.header.scale_high_arcmin for f in index_files)
+        reason = (
+            f"the index files in {config.index_dir} hold quads of {smallest:.0f}-{largest:.0f} "
+            f"arcmin, larger than this field ({diagonal_arcmin:.1f} arcmin across): install "
+            f"index files for smaller scales (Gaia 5200 or 2MASS 4100 series) and give their "
+            f"directory with --index-dir"
+        )
+        return _failed(reason, x.size, start)
     brightest = np.argsort(-flux, kind="stable")[: config.max_sources]
 
     with tempfile.TemporaryDirectory(prefix="pylcogt-astrometry-") as tmp:

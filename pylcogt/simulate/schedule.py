@@ -51,9 +51,12 @@ def schedule(
     n_science,
     filters,
     rng: np.random.Generator,
+    science_exptime: dict[str, float] | None = None,
 ) -> list[Plan]:
     """Exposures in time order. Counts are per set: n_bias/n_dark each afternoon and morning,
-    n_flat per filter each twilight, n_science visits (one exposure per filter each)."""
+    n_flat per filter each twilight, n_science visits (one exposure per filter each).
+    ``science_exptime``: seconds per filter, instead of the filters' default exposures."""
+    exptimes = {f: FILTERS[f].exptime for f in filters} | (science_exptime or {})
     shift = dt.timedelta(hours=(SITES["lsc"].lon - site_lon) / 15.0)
     base = dt.datetime(day.year, day.month, day.day) + shift
     overhead = spec.readout_s + 5.0
@@ -114,7 +117,7 @@ def schedule(
     calibrations(base + dt.timedelta(hours=20))
     twilight(base + dt.timedelta(hours=23, minutes=10), filters, evening=True)
     if n_science:
-        visit = sum(FILTERS[f].exptime + overhead for f in filters)
+        visit = sum(exptimes[f] + overhead for f in filters)
         spacing = max(visit, 7.5 * 3600 / n_science)
         start = base + dt.timedelta(hours=24, minutes=30)
         for v in range(n_science):
@@ -122,10 +125,8 @@ def schedule(
             molnum[0] += 1
             for k, f in enumerate(filters):
                 t += jitter()
-                plans.append(
-                    Plan("EXPOSE", f, FILTERS[f].exptime, _ms(t), molnum[0], k + 1, len(filters))
-                )
-                t += dt.timedelta(seconds=FILTERS[f].exptime + overhead)
+                plans.append(Plan("EXPOSE", f, exptimes[f], _ms(t), molnum[0], k + 1, len(filters)))
+                t += dt.timedelta(seconds=exptimes[f] + overhead)
     twilight(base + dt.timedelta(hours=33, minutes=15), tuple(reversed(filters)), evening=False)
     calibrations(base + dt.timedelta(hours=34, minutes=30))
     return plans

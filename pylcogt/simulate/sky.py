@@ -23,6 +23,7 @@ __all__ = [
     "cosmic_rays",
     "lst_hours",
     "alt_airmass",
+    "galactic_latitude",
     "mjd",
 ]
 
@@ -32,10 +33,18 @@ _erf = np.vectorize(math.erf, otypes=[float])
 
 class Catalogue:
     """Stars around (ra0, dec0): ``ra``, ``dec`` deg, ``mag`` (rp), ``color`` (mag_f = mag +
-    color * Filter.color)."""
+    color * Filter.color), ``tycho2`` (bool: a real Tycho-2 star, else synthetic)."""
 
-    def __init__(self, ra: np.ndarray, dec: np.ndarray, mag: np.ndarray, color: np.ndarray):
+    def __init__(self, ra, dec, mag, color, tycho2=None):
         self.ra, self.dec, self.mag, self.color = ra, dec, mag, color
+        self.tycho2 = np.zeros(len(ra), dtype=bool) if tycho2 is None else np.asarray(tycho2)
+
+    @classmethod
+    def concatenate(cls, *cats: Catalogue) -> Catalogue:
+        def cat(name):
+            return np.concatenate([getattr(c, name) for c in cats])
+
+        return cls(cat("ra"), cat("dec"), cat("mag"), cat("color"), cat("tycho2"))
 
     def __len__(self) -> int:
         return len(self.ra)
@@ -173,6 +182,16 @@ def lst_hours(t: dt.datetime, lon_deg: float) -> float:
     """Local mean sidereal time, hours (GMST from the standard linear formula)."""
     d = mjd(t) - 51544.5
     return (18.697374558 + 24.06570982441908 * d + lon_deg / 15.0) % 24.0
+
+
+def galactic_latitude(ra: float, dec: float) -> float:
+    """Galactic latitude (deg) of ICRS (ra, dec) degrees (north galactic pole 192.85948,
+    27.12825)."""
+    d, dp = math.radians(dec), math.radians(27.12825)
+    sin_b = math.sin(d) * math.sin(dp) + math.cos(d) * math.cos(dp) * math.cos(
+        math.radians(ra - 192.85948)
+    )
+    return math.degrees(math.asin(max(-1.0, min(1.0, sin_b))))
 
 
 def alt_airmass(ra: float, dec: float, lat: float, lst_h: float) -> tuple[float, float]:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from pylcogt.simulate.cameras import FILTERS, CameraSpec
 from pylcogt.simulate.sky import CR_RATE_PER_CM2_PER_MIN
 
-__all__ = ["write_truth", "write_maps"]
+__all__ = ["write_truth", "write_maps", "truth_wcs", "truth_entry"]
 
 _UNITS = {
     "gain_e_per_adu": "electrons per ADU",
@@ -32,6 +36,14 @@ _UNITS = {
     "exptime": "seconds",
     "crosstalk": "c[i][j]: fraction of amp i+1's overscan-subtracted raw ADU added to amp j+1 "
     "at the same readout position (raw array row, column)",
+    "wcs": "light frames: FITS cards (TAN-SIP) of the true WCS in final-frame 1-indexed pixels; "
+    "read with pylcogt.simulate.truth.truth_wcs(truth, filename)",
+    "pointing_error_arcsec": "[east, north] offset of CRVAL from the header RA/DEC pointing",
+    "tycho2": "per star: true for a real Tycho-2 star of the astrometry.net index files "
+    "(tycho2_index: the query; null for synthetic stars only)",
+    "pixscale_arcsec": "arcsec per binned pixel in use (header PIXSCALE; the camera's own value "
+    "is nominal_pixscale_arcsec)",
+    "fwhm_arcsec, fwhm_px": "Gaussian PSF full width at half maximum",
 }
 
 
@@ -48,9 +60,50 @@ def write_maps(path: Path, det, filters) -> None:
     _savez(path, maps)
 
 
-def write_truth(path: Path, det, seed, spec, site, dayobs, size, cat, centre, filters, files):
-    truth = _truth(det, seed, spec, site, dayobs, size, cat, centre, filters, files)
+def write_truth(
+    path: Path, det, seed, spec, site, dayobs, size, cat, centre, filters, files, extra=None
+):
+    """``truth.json``; ``extra``: more top-level keys (inserted before ``catalogue``)."""
+    truth = _truth(det, seed, spec, site, dayobs, size, cat, centre, filters, files, extra or {})
     path.write_text(json.dumps(truth, indent=1) + "\n")
+
+
+_RAW_SUFFIX = re.compile(r"(\.fits)?(\.fz|\.gz)?$")
+_LEVEL_SUFFIX = re.compile(r"-[a-z]\d\d$")
+
+
+def truth_entry(truth: dict | str | os.PathLike, filename: str | os.PathLike) -> dict:
+    """The ``files`` entry of a frame: by file name, name without ``.fits[.fz|.gz]``, or frame
+    root without the ``-e00``-style level (so a reduced ``...-e91.fits`` finds its raw frame).
+    ``truth``: the parsed ``truth.json`` or its path."""
+    if not isinstance(truth, dict):
+        truth = json.loads(Path(truth).read_text())
+    name = Path(filename).name
+    stem = _RAW_SUFFIX.sub("", name)
+    root = _LEVEL_SUFFIX.sub("", stem)
+    for key in (
+        lambda e: e["name"] == name,
+        lambda e: _RAW_SUFFIX.sub("", e["name"]) == stem,
+        lambda e: _LEVEL_SUFFIX.sub("", _RAW_SUFFIX.sub("", e["name"])) == root,
+    ):
+        found = [e for e in truth["files"] if key(e)]
+        if len(found) == 1:
+            return found[0]
+    msg = f"no single frame named {name!r} in the truth file"
+    raise KeyError(msg)
+
+
+def truth_wcs(truth: dict | str | os.PathLike, filename: str | os.PathLike) -> WCS:
+    """The true TAN-SIP WCS of a light frame (final-frame pixels: ``all_world2pix(..., 1)``
+    gives 1-indexed FITS x, y); ValueError for a frame without one (bias, dark)."""
+    entry = truth_entry(truth, filename)
+    if "wcs" not in entry:
+        msg = f"{entry['name']} ({entry['obstype']}) has no sky, so no WCS"
+        raise ValueError(msg)
+    header = fits.Header()
+    for key, value in entry["wcs"].items():
+        header[key] = value
+    return WCS(header)
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -66,7 +119,9 @@ def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
             )
 
 
-def _truth(det, seed, spec: CameraSpec, site, dayobs, size, cat, centre, filters, files) -> dict:
+def _truth(
+    det, seed, spec: CameraSpec, site, dayobs, size, cat, centre, filters, files, extra
+) -> dict:
     layout = det.layout
     return {
         "units": _UNITS,
@@ -99,13 +154,21 @@ def _truth(det, seed, spec: CameraSpec, site, dayobs, size, cat, centre, filters
         "cosmic_ray_rate_per_cm2_per_min": CR_RATE_PER_CM2_PER_MIN,
         "zero_points_mag": {f: round(FILTERS[f].zp + spec.zp_offset, 4) for f in filters},
         "extinction_mag_per_airmass": {f: FILTERS[f].ext for f in filters},
+        **extra,
         "catalogue": {
             "centre_ra_dec": [round(centre[0], 7), round(centre[1], 7)],
-            "columns": ["id", "ra", "dec", "mag_rp", "color"],
+            "columns": ["id", "ra", "dec", "mag_rp", "color", "tycho2"],
             "stars": [
-                [i, round(float(r), 7), round(float(d), 7), round(float(m), 4), round(float(c), 4)]
-                for i, (r, d, m, c) in enumerate(
-                    zip(cat.ra, cat.dec, cat.mag, cat.color, strict=True)
+                [
+                    i,
+                    round(float(r), 7),
+                    round(float(d), 7),
+                    round(float(m), 4),
+                    round(float(c), 4),
+                    bool(t),
+                ]
+                for i, (r, d, m, c, t) in enumerate(
+                    zip(cat.ra, cat.dec, cat.mag, cat.color, cat.tycho2, strict=True)
                 )
             ],
         },

@@ -1,0 +1,151 @@
+"""The last steps of the science chain: the source catalogue (``CAT``) and the WCS.
+
+:func:`catalog_and_wcs` runs :func:`~pylcogt.stages.detect.detect_sources` on a calibrated
+frame, solves the field with astrometry.net from that catalogue (the brightest clean sources:
+no saturated, bad-pixel, cosmic-ray or edge sources; never a re-detection on the image), fits
+the distortion against every matched reference star (:mod:`pylcogt.astrometry`), fills the
+catalogue's ``RA``/``DEC`` and returns the frame with the catalogue and WCS cards in its header.
+
+A field that cannot be solved is not a failed frame: the product is written without a WCS and
+``ASTSTAT = 'failed'`` with ``ASTREASN`` saying why. A missing astrometry.net installation is a
+:class:`~pylcogt.errors.ConfigurationError` (the operator installs it or sets ``--index-dir
+none``). The reduction worker and ``pylcogt solve`` both call this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from pylcogt.astrometry.config import AstrometryConfig
+from pylcogt.astrometry.solver import SolveResult, apply_solution, radec_for, solve
+from pylcogt.frame import Frame
+from pylcogt.stages.detect import SourceCatalog, SourceFlag, catalog_cards, detect_sources
+
+__all__ = ["ScienceResult", "catalog_and_wcs", "pointing", "pixel_scale", "astrometry_config"]
+
+log = logging.getLogger(__name__)
+
+#: sources with any of these flags never go to the solver nor into the distortion fit
+UNFIT_FLAGS = SourceFlag.SATURATED | SourceFlag.BAD_PIXELS | SourceFlag.EDGE | SourceFlag.COSMIC_RAY
+
+#: the telescope's approximate WCS (LCO raw headers carry one) is replaced by the solution, or
+#: removed when there is none: only a solution says where the pixels are
+_WCS_KEY = re.compile(
+    r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CD\d_\d|PC\d_\d|LONPOLE|LATPOLE"
+    r"|RADESYS|EQUINOX|[AB]P?_ORDER|[AB]P?_\d_\d|[AB]P?_DMAX|WCSERR|WCSNAME|MJDREF)$"
+)
+
+
+@dataclass(frozen=True)
+class ScienceResult:
+    """The frame with its new header cards, its catalogue (``RA``/``DEC`` filled when solved),
+    and what detection and astrometry found."""
+
+    frame: Frame
+    catalog: Table
+    sources: SourceCatalog
+    solution: SolveResult
+
+
+def _parse_angle(value, *, hours: bool) -> float | None:
+    """Degrees from a header value: a number (degrees) or sexagesimal text (hours for RA)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = re.split(r"[:\s]+", text)
+    try:
+        numbers = [float(p) for p in parts if p]
+    except ValueError:
+        return None
+    if not 1 <= len(numbers) <= 3:
+        return None
+    sign = -1.0 if text.startswith("-") else 1.0
+    magnitude = sum(abs(n) / 60**i for i, n in enumerate(numbers))
+    return sign * magnitude * (15.0 if hours else 1.0)
+
+
+def pointing(header: fits.Header) -> tuple[float | None, float | None]:
+    """The telescope pointing (RA, DEC in degrees) from ``RA``/``DEC`` (LCO: sexagesimal, RA in
+    hours; numbers are degrees), else ``CRVAL1/2``; ``None`` where absent or unreadable."""
+    ra = _parse_angle(header.get("RA"), hours=True)
+    dec = _parse_angle(header.get("DEC"), hours=False)
+    if ra is None or dec is None:
+        ra = _parse_angle(header.get("CRVAL1"), hours=False) if ra is None else ra
+        dec = _parse_angle(header.get("CRVAL2"), hours=False) if dec is None else dec
+    if dec is not None and not -90.0 <= dec <= 90.0:
+        dec = None
+    return ra, dec
+
+
+def pixel_scale(header: fits.Header) -> float | None:
+    """``PIXSCALE`` (arcsec per pixel of this frame, binning included, as LCO headers give it)."""
+    value = header.get("PIXSCALE")
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        return None
+    return scale if math.isfinite(scale) and scale > 0 else None
+
+
+def astrometry_config(index_dir: Path | None, **overrides) -> AstrometryConfig | None:
+    """The solver's settings for an index directory; ``None``: astrometry turned off."""
+    if index_dir is None:
+        return None
+    return AstrometryConfig(index_dir=Path(index_dir), **overrides)
+
+
+def _not_attempted(reason: str) -> SolveResult:
+    return SolveResult("failed", reason)
+
+
+def catalog_and_wcs(frame: Frame, config: AstrometryConfig | None) -> ScienceResult:
+    """Detect, solve (``config`` ``None``: astrometry off) and annotate ``frame`` (see module
+    doc). The input frame is not modified; the returned one has a new header."""
+    sources = detect_sources(frame)
+    table = sources.table.copy()
+    header = frame.header.copy()
+    scale = pixel_scale(header)
+    ra0, dec0 = pointing(header)
+    if config is None:
+        solution = _not_attempted("astrometry is turned off (--index-dir none)")
+    elif scale is None:
+        solution = _not_attempted("no PIXSCALE in the header: the pixel scale is needed")
+    elif ra0 is None or dec0 is None:
+        solution = _not_attempted("no RA/DEC in the header: the pointing is needed")
+    else:
+        clean = (np.asarray(table["FLAG"]) & int(UNFIT_FLAGS)) == 0
+        ny, nx = frame.shape
+        solution = solve(np.asarray(table["X"])[clean], np.asarray(table["Y"])[clean],
+                         np.asarray(table["FLUX"])[clean], width=nx, height=ny, ra_deg=ra0,
+                         dec_deg=dec0, pixscale_arcsec=scale, config=config)  # fmt: skip
+    if solution.solved:
+        ra, dec = radec_for(solution, table["X"], table["Y"])  # X, Y: 1-indexed, as solve's
+        table["RA"][:] = ra
+        table["DEC"][:] = dec
+    for key in [k for k in header if _WCS_KEY.match(k)]:
+        del header[key]  # solved: replaced below; unsolved: the product has no WCS
+    for key, value, comment in catalog_cards(sources, scale):
+        header[key] = (value, comment)
+    apply_solution(header, solution)
+    if solution.solved:
+        log.info("%s: %d sources; WCS solved, %d stars matched, rms %.2f\"", frame.name,
+                 len(table), solution.n_matched, solution.rms_arcsec)  # fmt: skip
+    else:
+        log.info("%s: %d sources; no WCS: %s", frame.name, len(table), solution.reason)
+    frame = dataclasses.replace(frame, header=header)
+    return ScienceResult(frame=frame, catalog=table, sources=sources, solution=solution)
