@@ -17,6 +17,7 @@ import enum
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
+    Computed,
     Date,
     DateTime,
     Enum,
@@ -28,9 +29,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
+
+from pylcogt.scheduling import OBSTYPE_RANK, SCIENCE_RANK
 
 __all__ = [
     "Base",
@@ -47,6 +52,9 @@ __all__ = [
     "MasterJobStatus",
     "MasterJob",
     "utcnow",
+    "CLAIM_RANK_SQL",
+    "CLAIMABLE_STATES",
+    "in_claimable_state",
 ]
 
 NAMING_CONVENTION = {
@@ -160,6 +168,29 @@ class Instrument(Base):
     site: Mapped[Site] = relationship(back_populates="instruments")
 
 
+#: A frame's rank in its night's processing order (:data:`~pylcogt.scheduling.OBSTYPE_RANK`:
+#: bias, dark, flat, then science), the generated column ``raw_frames.claim_rank``. Changing the
+#: order is a migration (the column dropped and added again; ``alembic check`` does not compare
+#: generated expressions: tests/db/test_queue.py checks the migrated column against the ranks).
+CLAIM_RANK_SQL = (
+    "CASE obstype "
+    + " ".join(f"WHEN '{name}' THEN {int(rank)}" for name, rank in OBSTYPE_RANK.items())
+    + f" ELSE {int(SCIENCE_RANK)} END"
+)
+
+#: The states of the frames a worker may claim (``pending``, or ``processing`` under an expired
+#: lease): the predicate of the claim index ``ix_raw_frames_claim``.
+CLAIMABLE_STATES = (FrameState.PENDING.value, FrameState.PROCESSING.value)
+_CLAIMABLE_STATES_SQL = "state IN (" + ", ".join(f"'{s}'" for s in CLAIMABLE_STATES) + ")"
+
+
+def in_claimable_state(state) -> ColumnElement[bool]:
+    """The claim index's predicate on ``state`` (``state IN ('pending', 'processing')``), with
+    literal values: a term of the claim's ``WHERE`` written as the index predicate, so that both
+    databases see that the query implies it (SQLite uses a partial index only then)."""
+    return state.in_([literal_column(f"'{value}'", String) for value in CLAIMABLE_STATES])
+
+
 class RawFrame(Base):
     """A raw frame registered by ingest, with its processing state.
 
@@ -183,6 +214,18 @@ class RawFrame(Base):
         # calibration groups: a night's frames of one type on one instrument
         Index(
             "ix_raw_frames_group", "instrument_id", "dayobs", "obstype", "binning", "filter_name"
+        ),
+        # the worker's claim walks the claimable frames in claim order (oldest night, bias, dark,
+        # flat, science, DATE-OBS) and stops at the first one whose gates pass, instead of
+        # sorting every due frame on every claim
+        Index(
+            "ix_raw_frames_claim",
+            "dayobs",
+            "claim_rank",
+            "dateobs",
+            "id",
+            postgresql_where=text(_CLAIMABLE_STATES_SQL),
+            sqlite_where=text(_CLAIMABLE_STATES_SQL),
         ),
     )
 
@@ -210,6 +253,14 @@ class RawFrame(Base):
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     calibration_cutoff: Mapped[dt.datetime | None] = mapped_column(
         DateTime, comment="use only masters observed at or before this (backfill)"
+    )
+    # generated: STORED (PostgreSQL has no other kind before 18, and indexes no other kind);
+    # on SQLite revision 0005 adds it VIRTUAL (ALTER TABLE cannot add a stored one), computed on
+    # read and stored in the claim index
+    claim_rank: Mapped[int | None] = mapped_column(
+        Integer,
+        Computed(CLAIM_RANK_SQL, persisted=True),
+        comment="rank in the night's order: bias 0 .. science 3",
     )
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -240,6 +291,8 @@ class MasterCalibration(Base):
             "dateobs",
         ),
         Index(None, "dayobs"),
+        # a night's masters of one mode: the claim's bad-pixel-mask gate probes it per frame
+        Index("ix_master_calibrations_night", "instrument_id", "dayobs", "binning", "readout_mode"),
         # one good master per night and group: two workers racing to build it cannot both win
         Index(
             "uq_master_calibrations_good",
@@ -341,6 +394,17 @@ class MasterJob(Base):
             name="uq_master_jobs_group",
         ),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        # masters being built (a lease): the claim's gate asks for them on every claim; a
+        # handful of rows, where the table keeps one per group ever built
+        Index(
+            "ix_master_jobs_leased",
+            "instrument_id",
+            "dayobs",
+            "binning",
+            "readout_mode",
+            postgresql_where=text("lease_owner IS NOT NULL"),
+            sqlite_where=text("lease_owner IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -363,3 +427,74 @@ class MasterJob(Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+# --- photometric reference catalogues (pylcogt refcat load) -------------------------------
+#: reference band -> column suffix in ``reference_stars`` (``mag_<suffix>``, ``err_<suffix>``):
+#: Pan-STARRS/SDSS ``u g r i z y`` (AB), Johnson ``B V`` and Cousins ``R I`` (Vega), lower-case
+#: and distinct (``r`` is Sloan r, ``rc`` Cousins R)
+REFERENCE_BAND_COLUMNS = {"u": "u", "g": "g", "r": "r", "i": "i", "z": "z", "y": "y",
+                          "B": "bj", "V": "vj", "R": "rc", "I": "ic"}  # fmt: skip
+
+__all__ += ["ReferenceCatalog", "ReferenceStar", "REFERENCE_BAND_COLUMNS"]
+
+
+class ReferenceCatalog(Base):
+    """A photometric reference catalogue loaded from a file by ``pylcogt refcat load``.
+
+    ``checksum`` is the sha256 of the file and ``options`` the column mapping given when loading
+    it (JSON): loading the same bytes with the same options again changes nothing; other bytes
+    under the same ``name`` replace its stars. ``columns`` (JSON) says which file column gave
+    each band; ``bands`` lists the bands present, comma-separated.
+    """
+
+    __tablename__ = "reference_catalogs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    source_path: Mapped[str] = mapped_column(String(1024), comment="file it was loaded from")
+    checksum: Mapped[str] = mapped_column(String(64), comment="sha256 of the file")
+    options: Mapped[str] = mapped_column(Text, default="{}", comment="column mapping given, JSON")
+    columns: Mapped[str] = mapped_column(Text, default="{}", comment="columns used, JSON")
+    bands: Mapped[str] = mapped_column(String(64), default="", comment="e.g. g,r,i,z,y")
+    n_stars: Mapped[int] = mapped_column(Integer, default=0)
+    loaded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ReferenceStar(Base):
+    """A star of a reference catalogue: ICRS position (degrees, RA in [0, 360)) and, per band,
+    magnitude and 1-sigma error (NULL: not measured); see :data:`REFERENCE_BAND_COLUMNS`.
+
+    Cone searches select a declination band and RA range: ``ix_reference_stars_position`` on
+    ``(dec, ra)`` answers them from the index.
+    """
+
+    __tablename__ = "reference_stars"
+    __table_args__ = (Index("ix_reference_stars_position", "dec", "ra"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    catalog_id: Mapped[int] = mapped_column(
+        ForeignKey("reference_catalogs.id", ondelete="CASCADE"), index=True
+    )
+    ra: Mapped[float] = mapped_column(Float, comment="degrees, ICRS")
+    dec: Mapped[float] = mapped_column(Float, comment="degrees, ICRS")
+    mag_u: Mapped[float | None] = mapped_column(Float)
+    err_u: Mapped[float | None] = mapped_column(Float)
+    mag_g: Mapped[float | None] = mapped_column(Float)
+    err_g: Mapped[float | None] = mapped_column(Float)
+    mag_r: Mapped[float | None] = mapped_column(Float)
+    err_r: Mapped[float | None] = mapped_column(Float)
+    mag_i: Mapped[float | None] = mapped_column(Float)
+    err_i: Mapped[float | None] = mapped_column(Float)
+    mag_z: Mapped[float | None] = mapped_column(Float)
+    err_z: Mapped[float | None] = mapped_column(Float)
+    mag_y: Mapped[float | None] = mapped_column(Float)
+    err_y: Mapped[float | None] = mapped_column(Float)
+    mag_bj: Mapped[float | None] = mapped_column(Float, comment="Johnson B")
+    err_bj: Mapped[float | None] = mapped_column(Float)
+    mag_vj: Mapped[float | None] = mapped_column(Float, comment="Johnson V")
+    err_vj: Mapped[float | None] = mapped_column(Float)
+    mag_rc: Mapped[float | None] = mapped_column(Float, comment="Cousins R")
+    err_rc: Mapped[float | None] = mapped_column(Float)
+    mag_ic: Mapped[float | None] = mapped_column(Float, comment="Cousins I")
+    err_ic: Mapped[float | None] = mapped_column(Float)

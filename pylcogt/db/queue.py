@@ -5,7 +5,9 @@ id = (SELECT id ... ORDER BY night, type, time LIMIT 1 FOR UPDATE SKIP LOCKED) A
 RETURNING ...``. On PostgreSQL the row lock makes concurrent claimers skip each other's candidate.
 SQLAlchemy drops ``FOR UPDATE`` on SQLite: there the statement runs inside ``BEGIN IMMEDIATE``
 (the write lock first), and the outer ``WHERE`` repeats the claimable condition, an atomic
-compare-and-set. A claim increments ``lease_token``, the fencing token.
+compare-and-set. A claim increments ``lease_token``, the fencing token. The candidate is found by
+walking ``ix_raw_frames_claim`` (claimable states only, in claim order: ``raw_frames.claim_rank``
+is the type's rank) up to the first frame whose gates pass, not by sorting every due frame.
 
 **Claimable**: ``pending`` and due (``next_attempt_at`` passed), or ``processing`` with an expired
 lease (its worker died: the claim counts one more attempt). A science frame is claimable only
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -47,7 +50,9 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Alias
 
 from pylcogt.calibrations.build import GroupKey
 from pylcogt.db.models import (
@@ -59,6 +64,7 @@ from pylcogt.db.models import (
     MasterJobStatus,
     RawFrame,
     Site,
+    in_claimable_state,
     utcnow,
 )
 from pylcogt.db.session import SQLITE_BEGIN_IMMEDIATE
@@ -181,8 +187,8 @@ def _seconds(value: float) -> dt.timedelta:
 
 # --- claiming frames ----------------------------------------------------------------------
 def _rank(table) -> sa.ColumnElement:
-    whens = [(table.c.obstype == name, rank) for name, rank in OBSTYPE_RANK.items()]
-    return sa.case(*whens, else_=SCIENCE_RANK)
+    """OBSTYPE_RANK of the frame: the generated column, as ``ix_raw_frames_claim`` orders it."""
+    return table.c.claim_rank
 
 
 def _undeferred_ready(table, now) -> sa.ColumnElement:
@@ -234,19 +240,50 @@ def _claimable(frame, now) -> sa.ColumnElement:
         *_bpm_due(m, instrument_id=frame.c.instrument_id, dayobs=frame.c.dayobs,
                   binning=frame.c.binning, readout_mode=frame.c.readout_mode)
     )  # fmt: skip
-    science_gate = or_(
-        frame.c.obstype.in_(CALIBRATION_OBSTYPES),
-        ~or_(
-            _unresolved_calibrations(frame, now, CALIBRATION_OBSTYPES),
-            _masters_being_built(frame, now),
-            bpm_due,
-        ),
+    # The science gate, "a calibration frame, or none of these holds", written as three NOT
+    # EXISTS whose subqueries ask for a science frame: the same (a claimable frame has an
+    # OBSTYPE, CHECK readable_unless_rejected), but PostgreSQL makes anti-joins of them, probed
+    # for the few frames the claim walks, where under an OR it hashed every unresolved frame
+    # and master job on every claim.
+    science = frame.c.obstype.not_in(CALIBRATION_OBSTYPES)
+    gates = (
+        _unresolved_calibrations(frame, now, CALIBRATION_OBSTYPES),
+        _masters_being_built(frame, now),
+        bpm_due,
     )
-    return and_(due, science_gate)
+    # in_claimable_state: implied by `due`, written as the claim index's predicate
+    return and_(in_claimable_state(frame.c.state), due, *[~gate.where(science) for gate in gates])
 
 
-def _claim_statement(now: dt.datetime, owner: str, lease_s: float) -> sa.Update:
-    cand = _FRAMES.alias("candidate")
+class _ClaimCandidates(Alias):
+    """``raw_frames AS candidate``, which SQLite reads ``INDEXED BY ix_raw_frames_claim`` in the
+    claim's candidate query (the one that locks it, ``FOR UPDATE``).
+
+    The claim walks that index in claim order and stops at the first claimable frame. SQLite's
+    planner does not count on the walk stopping early (``LIMIT 1``): it prefers to sort every
+    frame ``ix_raw_frames_poll`` finds in a claimable state. PostgreSQL chooses the index itself.
+    A subquery that lists the alias in its own FROM reads it plainly.
+    """
+
+    inherit_cache = True
+
+
+@compiles(_ClaimCandidates, "sqlite")
+def _sqlite_claim_candidates(element, compiler, **kw) -> str:
+    text = compiler.visit_alias(element, **kw)
+    query = compiler.stack[-1]["selectable"] if compiler.stack else None
+    locking = getattr(query, "_for_update_arg", None) is not None
+    if locking and kw.get("asfrom") and not kw.get("ashint"):
+        text += " INDEXED BY ix_raw_frames_claim"
+    return text
+
+
+@functools.cache
+def _claim_update() -> sa.Update:
+    """The claim statement, built once per process (building it took longer than running it),
+    with the parameters ``now``, ``owner`` and ``expires`` (see :func:`_claim_statement`)."""
+    now = sa.bindparam("now", type_=sa.DateTime)
+    cand = _ClaimCandidates._construct(_FRAMES, name="candidate")
     candidate = (
         select(cand.c.id)
         .where(_claimable(cand, now))
@@ -262,8 +299,8 @@ def _claim_statement(now: dt.datetime, owner: str, lease_s: float) -> sa.Update:
         .where(f.c.id == candidate, _claimable(f, now))
         .values(
             state=_W,
-            lease_owner=owner,
-            lease_expires_at=now + _seconds(lease_s),
+            lease_owner=sa.bindparam("owner", type_=sa.String),
+            lease_expires_at=sa.bindparam("expires", type_=sa.DateTime),
             lease_token=f.c.lease_token + 1,
             attempts=sa.case((reclaiming, f.c.attempts + 1), else_=f.c.attempts),
             last_error=sa.case(
@@ -294,6 +331,12 @@ def _claim_statement(now: dt.datetime, owner: str, lease_s: float) -> sa.Update:
     )
 
 
+def _claim_statement(now: dt.datetime, owner: str, lease_s: float) -> tuple[sa.Update, dict]:
+    """The claim statement and its parameters: claim for ``owner``, lease until ``now`` +
+    ``lease_s``."""
+    return _claim_update(), {"now": now, "owner": owner, "expires": now + _seconds(lease_s)}
+
+
 def _write_connection(engine: Engine) -> Connection:
     return engine.connect().execution_options(**SQLITE_BEGIN_IMMEDIATE)
 
@@ -302,7 +345,8 @@ def claim_frame(engine: Engine, owner: str, *, lease_s: float) -> FrameClaim | N
     """Claim the next frame to process (see module doc), or ``None`` when none is claimable."""
     with _write_connection(engine) as conn, conn.begin():
         now = db_now(conn)
-        row = conn.execute(_claim_statement(now, owner, lease_s)).first()
+        statement, params = _claim_statement(now, owner, lease_s)
+        row = conn.execute(statement, params).first()
     if row is None:
         return None
     reclaimed = bool(row.last_error and row.last_error.startswith(RECLAIMED))
@@ -507,7 +551,10 @@ def _group_rank(obstype: str) -> int:
 def _bpm_due(m_like, *, instrument_id, dayobs, binning, readout_mode) -> list[sa.ColumnElement]:
     """Conditions (on master table ``m_like``, correlated to the given columns) for a night
     whose bad-pixel mask is still to be derived: it has a good master dark or flat, no BPM,
-    and no BPM job that was built or given up."""
+    and no BPM job that was built or given up. The two inner subqueries correlate to whatever
+    encloses them (the night's master and the candidate frame two levels up): left to
+    auto-correlation they would not reach the frame, and would ask whether any night anywhere
+    lacks a mask."""
     bpm = MasterCalibration.__table__.alias("bpm")
     job = _JOBS.alias("bpm_job")
     return [
@@ -517,22 +564,26 @@ def _bpm_due(m_like, *, instrument_id, dayobs, binning, readout_mode) -> list[sa
         m_like.c.readout_mode == readout_mode,
         m_like.c.obstype.in_([CalibrationType.DARK.value, CalibrationType.SKYFLAT.value]),
         m_like.c.is_bad == sa.false(),
-        ~exists().where(
+        ~exists()
+        .where(
             bpm.c.instrument_id == instrument_id,
             bpm.c.dayobs == dayobs,
             bpm.c.binning == binning,
             bpm.c.readout_mode == readout_mode,
             bpm.c.obstype == CalibrationType.BPM.value,
             bpm.c.is_bad == sa.false(),
-        ),
-        ~exists().where(
+        )
+        .correlate_except(bpm),
+        ~exists()
+        .where(
             job.c.instrument_id == instrument_id,
             job.c.dayobs == dayobs,
             job.c.obstype == CalibrationType.BPM.value,
             job.c.binning == binning,
             job.c.readout_mode == readout_mode,
             job.c.status.in_([MasterJobStatus.BUILT.value, MasterJobStatus.FAILED.value]),
-        ),
+        )
+        .correlate_except(job),
     ]
 
 
