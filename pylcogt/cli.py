@@ -14,12 +14,20 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from pylcogt import __version__, cli_backfill, cli_calibrations, cli_solve, cli_worker
+from pylcogt import (
+    __version__,
+    cli_backfill,
+    cli_calibrations,
+    cli_refcat,
+    cli_solve,
+    cli_worker,
+)
 from pylcogt.config import (
     CROSSTALK_FILE_ENV,
     DATA_DIR_ENV,
     DATABASE_URL_ENV,
     INDEX_DIR_ENV,
+    REFCAT_ENV,
     Settings,
     load_settings,
 )
@@ -595,6 +603,13 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
         f"`simulate --stars tycho2` (env {INDEX_DIR_ENV}; default /usr/share/astrometry, from "
         "Debian's astrometry-data-* packages; 'none': no astrometry)",
     )
+    group.add_argument(
+        "--refcat",
+        metavar="FILE",
+        default=default,
+        help=f"reference catalogue (FITS/CSV, Pan-STARRS 1 columns) for the zero points (env "
+        f"{REFCAT_ENV}; default: the catalogues loaded with `pylcogt refcat load`)",
+    )
 
     group.add_argument(
         "-v",
@@ -805,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_worker.add_worker_command(add, common)
     cli_backfill.add_backfill_command(add, common)
     cli_solve.add_solve_command(add, common)
+    cli_refcat.add_refcat_command(add, common)
 
     p = add(
         "simulate",
@@ -880,6 +896,7 @@ COMMANDS = {
     "worker": cli_worker.cmd_worker,
     "backfill": cli_backfill.cmd_backfill,
     "solve": cli_solve.cmd_solve,
+    "refcat": cli_refcat.cmd_refcat,
 }
 
 
@@ -900,7 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         settings = load_settings(args.database_url, args.data_dir, args.crosstalk_file,
-                                 args.index_dir)  # fmt: skip
+                                 args.index_dir, args.refcat)  # fmt: skip
         return COMMANDS[args.command](args, settings)
     except ConfigurationError as exc:
         print(f"pylcogt: error: {exc}", file=sys.stderr)

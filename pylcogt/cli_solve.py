@@ -22,7 +22,8 @@ against every matched reference star) of calibrated images, with the same settin
 science chain, and write each result to a NEW file next to the input (never in place):
 NAME-solved.fits.fz with SCI (the WCS and the status cards ASTSTAT, ASTREASN, WCSNMAT, WCSRMS,
 WCSSIPO in its header), BPM, ERR when the input has one, and the CAT source table (RA/DEC
-filled when solved).
+filled when solved). With --refcat FILE (a reference catalogue) the zero point L1ZP and MAG/MAGERR
+columns too.
 
 Inputs: this project's products (re-solve them when better index files arrive), or any reduced
 FITS image (first 2-D image HDU) whose header gives RA/DEC (degrees, or sexagesimal with RA in
@@ -76,7 +77,7 @@ def cmd_solve(args: argparse.Namespace, settings: Settings) -> int:
     from pylcogt.cli import _print_json
     from pylcogt.io.images import read_calibrated_image
     from pylcogt.io.products import write_product
-    from pylcogt.science import astrometry_config, catalog_and_wcs
+    from pylcogt.science import astrometry_config, catalog_and_wcs, photometry_config
 
     if settings.index_dir is None:
         raise ConfigurationError("pylcogt solve needs astrometry: --index-dir is 'none'")
@@ -94,7 +95,8 @@ def cmd_solve(args: argparse.Namespace, settings: Settings) -> int:
             if out == path:
                 raise UnprocessableFrameError(f"{path}: refusing to write over the input")
             frame = read_calibrated_image(path)
-            science = catalog_and_wcs(frame, config)
+            photometry = photometry_config(settings.refcat_bright_mag)
+            science = catalog_and_wcs(frame, config, refcat=settings.refcat, photometry=photometry)
             write_product(out, science.frame, catalog=science.catalog)
         except (UnprocessableFrameError, OSError, ValueError) as exc:
             entry.update(status="error", reason=str(exc))

@@ -11,6 +11,12 @@ Each setting comes from, in order: the CLI option, the environment variable, the
 - ``PYLCOGT_INDEX_DIR`` / ``--index-dir``: astrometry.net index files for the science chain's
   WCS. Default: ``/usr/share/astrometry`` (Debian's packages). ``none`` turns astrometry off
   (catalogues are still made; the WCS status card says why there is no WCS).
+- ``PYLCOGT_REFCAT`` / ``--refcat``: a reference catalogue file (FITS or CSV, Pan-STARRS 1
+  column names understood) for the photometric calibration. Default: the catalogues loaded into
+  the registry with ``pylcogt refcat load``.
+- ``PYLCOGT_REFCAT_BRIGHT_MAG``: reference stars brighter than this are not used for zero points
+  (default 14.0: Pan-STARRS 1 saturates near 13.5; ``none`` for catalogues without that limit,
+  e.g. wide-field cameras calibrated on brighter stars).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ __all__ = [
     "DATA_DIR_ENV",
     "CROSSTALK_FILE_ENV",
     "INDEX_DIR_ENV",
+    "REFCAT_ENV",
+    "REFCAT_BRIGHT_ENV",
     "DEFAULT_INDEX_DIR",
 ]
 
@@ -39,6 +47,8 @@ DATABASE_URL_ENV = "PYLCOGT_DATABASE_URL"
 DATA_DIR_ENV = "PYLCOGT_DATA_DIR"
 CROSSTALK_FILE_ENV = "PYLCOGT_CROSSTALK_FILE"
 INDEX_DIR_ENV = "PYLCOGT_INDEX_DIR"
+REFCAT_ENV = "PYLCOGT_REFCAT"
+REFCAT_BRIGHT_ENV = "PYLCOGT_REFCAT_BRIGHT_MAG"
 DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 DEFAULT_SQLITE_NAME = "pylcogt.db"
 DEFAULT_DATA_DIR_NAME = "pylcogt-data"
@@ -53,6 +63,10 @@ class Settings:
     crosstalk_file: Path | None = None  # Sinistro crosstalk table, for frames without CRSTLKij
     #: astrometry.net index directory; ``None``: astrometry off
     index_dir: Path | None = DEFAULT_INDEX_DIR
+    #: reference catalogue file for the zero points; ``None``: the registry's catalogues
+    refcat: Path | None = None
+    #: reference stars brighter than this (mag) are not used for zero points; ``None``: all
+    refcat_bright_mag: float | None = 14.0
 
     @property
     def safe_database_url(self) -> str:
@@ -94,15 +108,31 @@ def load_settings(
     data_dir: str | os.PathLike | None = None,
     crosstalk_file: str | os.PathLike | None = None,
     index_dir: str | os.PathLike | None = None,
+    refcat: str | os.PathLike | None = None,
 ) -> Settings:
     """Resolve settings from explicit values, then the environment, then the defaults."""
     url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{DEFAULT_SQLITE_NAME}"
     directory = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR_NAME
     crosstalk = crosstalk_file or os.environ.get(CROSSTALK_FILE_ENV) or None
     index = str(index_dir or os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR)
+    reference = refcat or os.environ.get(REFCAT_ENV) or None
     return Settings(
         database_url=_check_url(url),
         data_dir=Path(directory).expanduser().resolve(),
         crosstalk_file=Path(crosstalk).expanduser().resolve() if crosstalk else None,
         index_dir=None if index.lower() in ("none", "off") else Path(index).expanduser().resolve(),
+        refcat=Path(reference).expanduser().resolve() if reference else None,
+        refcat_bright_mag=_bright_mag(os.environ.get(REFCAT_BRIGHT_ENV)),
     )
+
+
+def _bright_mag(text: str | None) -> float | None:
+    if text is None or not text.strip():
+        return 14.0
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        msg = f"{REFCAT_BRIGHT_ENV}={text!r} is not a magnitude; give e.g. 14.0, or 'none'"
+        raise ConfigurationError(msg) from None

@@ -41,7 +41,7 @@ from pylcogt.io.products import write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.paths import product_path
 from pylcogt.pipeline import Masters, reduce_science
-from pylcogt.science import astrometry_config, catalog_and_wcs
+from pylcogt.science import astrometry_config, catalog_and_wcs, photometry_config
 
 __all__ = ["ReduceResult", "reduce_frame"]
 
@@ -135,7 +135,12 @@ def reduce_frame(
                                raw_filename=frame.filename)  # fmt: skip
             result.timings["calibrate"] = time.perf_counter() - tick
             tick = time.perf_counter()
-            science = catalog_and_wcs(reduced, astrometry_config(settings.index_dir))
+            science = catalog_and_wcs(
+                reduced,
+                astrometry_config(settings.index_dir),
+                refcat=settings.refcat or maker,
+                photometry=photometry_config(settings.refcat_bright_mag),
+            )
             result.timings["astrometry"] = science.solution.elapsed_s
             result.timings["sources"] = time.perf_counter() - tick - science.solution.elapsed_s
             tick = time.perf_counter()

@@ -6,6 +6,10 @@ no saturated, bad-pixel, cosmic-ray or edge sources; never a re-detection on the
 the distortion against every matched reference star (:mod:`pylcogt.astrometry`), fills the
 catalogue's ``RA``/``DEC`` and returns the frame with the catalogue and WCS cards in its header.
 
+Then the zero point (``L1ZP``, the magnitude giving 1 electron per second) from the catalogue
+matched to a reference catalogue (:mod:`pylcogt.photometry`), and ``MAG``/``MAGERR`` columns;
+no overlap or too few stars is a QC status (``L1PHSTAT``), not a failure.
+
 A field that cannot be solved is not a failed frame: the product is written without a WCS and
 ``ASTSTAT = 'failed'`` with ``ASTREASN`` saying why. A missing astrometry.net installation is a
 :class:`~pylcogt.errors.ConfigurationError` (the operator installs it or sets ``--index-dir
@@ -28,9 +32,19 @@ from astropy.table import Table
 from pylcogt.astrometry.config import AstrometryConfig
 from pylcogt.astrometry.solver import SolveResult, apply_solution, radec_for, solve
 from pylcogt.frame import Frame
+from pylcogt.photometry.config import PhotometryConfig
+from pylcogt.photometry.refcat import reference_stars_near
+from pylcogt.photometry.zeropoint import PhotometryResult, calibrate_photometry, field_cone
 from pylcogt.stages.detect import SourceCatalog, SourceFlag, catalog_cards, detect_sources
 
-__all__ = ["ScienceResult", "catalog_and_wcs", "pointing", "pixel_scale", "astrometry_config"]
+__all__ = [
+    "ScienceResult",
+    "catalog_and_wcs",
+    "pointing",
+    "pixel_scale",
+    "astrometry_config",
+    "photometry_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +68,7 @@ class ScienceResult:
     catalog: Table
     sources: SourceCatalog
     solution: SolveResult
+    photometry: PhotometryResult | None = None
 
 
 def _parse_angle(value, *, hours: bool) -> float | None:
@@ -102,6 +117,11 @@ def pixel_scale(header: fits.Header) -> float | None:
     return scale if math.isfinite(scale) and scale > 0 else None
 
 
+def photometry_config(bright_mag: float | None) -> PhotometryConfig:
+    """The zero-point settings with the configured bright limit (``None``: no limit)."""
+    return PhotometryConfig(bright_mag=bright_mag)
+
+
 def astrometry_config(index_dir: Path | None, **overrides) -> AstrometryConfig | None:
     """The solver's settings for an index directory; ``None``: astrometry turned off."""
     if index_dir is None:
@@ -113,9 +133,17 @@ def _not_attempted(reason: str) -> SolveResult:
     return SolveResult("failed", reason)
 
 
-def catalog_and_wcs(frame: Frame, config: AstrometryConfig | None) -> ScienceResult:
-    """Detect, solve (``config`` ``None``: astrometry off) and annotate ``frame`` (see module
-    doc). The input frame is not modified; the returned one has a new header."""
+def catalog_and_wcs(
+    frame: Frame,
+    config: AstrometryConfig | None,
+    *,
+    refcat=None,
+    photometry: PhotometryConfig | None = None,
+) -> ScienceResult:
+    """Detect, solve (``config`` ``None``: astrometry off), calibrate the photometry against
+    ``refcat`` (a reference file path, the registry's sessionmaker, or ``None``: not calibrated)
+    and annotate ``frame`` (see module doc). The input frame is not modified; the returned one
+    has a new header."""
     sources = detect_sources(frame)
     table = sources.table.copy()
     header = frame.header.copy()
@@ -142,10 +170,22 @@ def catalog_and_wcs(frame: Frame, config: AstrometryConfig | None) -> ScienceRes
     for key, value, comment in catalog_cards(sources, scale):
         header[key] = (value, comment)
     apply_solution(header, solution)
+    phot = None
+    if refcat is not None:
+        cone = field_cone(table)
+        stars = reference_stars_near(refcat, *cone) if cone else None
+        phot = calibrate_photometry(table, header, stars, photometry)
+        phot.update_header(header)
+        table = phot.catalog
     if solution.solved:
         log.info("%s: %d sources; WCS solved, %d stars matched, rms %.2f\"", frame.name,
                  len(table), solution.n_matched, solution.rms_arcsec)  # fmt: skip
     else:
         log.info("%s: %d sources; no WCS: %s", frame.name, len(table), solution.reason)
+    if phot is not None:
+        log.info("%s: photometry %s%s", frame.name, phot.status,
+                 f", L1ZP {phot.zeropoint:.3f} from {phot.n_stars} stars" if phot.calibrated
+                 else f": {phot.reason}")  # fmt: skip
     frame = dataclasses.replace(frame, header=header)
-    return ScienceResult(frame=frame, catalog=table, sources=sources, solution=solution)
+    return ScienceResult(frame=frame, catalog=table, sources=sources, solution=solution,
+                         photometry=phot)  # fmt: skip

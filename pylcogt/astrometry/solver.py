@@ -302,6 +302,32 @@ def _kill_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the leader's children (astrometry-engine) get the same signal but die asynchronously:
+    # wait until none of the group is running any more (zombies waiting for init count as gone)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and _group_running(proc.pid):
+        time.sleep(0.01)
+
+
+def _group_running(pgid: int) -> bool:
+    """A process of group ``pgid`` that is not a zombie exists (Linux ``/proc``)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        return False  # cannot tell: the signal was sent
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _failed(reason: str, n_sources: int, start: float) -> SolveResult:

@@ -20,6 +20,7 @@ from astropy.io import fits
 from pylcogt.errors import UnprocessableFrameError
 from pylcogt.frame import Frame, PixelFlag
 from pylcogt.io.products import read_product
+from pylcogt.io.scan import scan_fits
 
 __all__ = ["read_calibrated_image"]
 
@@ -30,6 +31,7 @@ _SKIP = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION", 
 def read_calibrated_image(path: Path) -> Frame:
     """The image in ``path`` as a :class:`Frame` (see module doc); unit from ``BUNIT``."""
     path = Path(path)
+    scan_fits(path)  # empty, truncated or not FITS: UnprocessableFrameError naming the file
     try:
         with fits.open(path, memmap=False) as hdul:
             names = {hdu.name for hdu in hdul}

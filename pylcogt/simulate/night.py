@@ -36,6 +36,7 @@ from pylcogt.simulate.frames import readout
 from pylcogt.simulate.geometry import sinistro_geometry
 from pylcogt.simulate.headers import FrameInfo, frame_cards, sinistro_amp_cards
 from pylcogt.simulate.optics import SipWcs, radial_sip
+from pylcogt.simulate.refcat import write_reference_catalog
 from pylcogt.simulate.schedule import Plan, schedule
 from pylcogt.simulate.sky import (
     Catalogue,
@@ -86,6 +87,8 @@ class SimulatedNight:
     camera: str
     instrument: str
     maps_path: Path | None = None
+    #: Pan-STARRS-like reference catalogue of the science field (``pylcogt refcat load``)
+    refcat_path: Path | None = None
 
 
 def _check_args(camera, site, dayobs, counts, filters, compress) -> dt.date:
@@ -273,7 +276,9 @@ def simulate_night(
         },
     )
     write_maps(maps_path, det, filters)
-    return SimulatedNight(outdir, files, truth_path, camera, spec.instrument, maps_path)
+    refcat_path = write_reference_catalog(truth_path, outdir / "refcat-ps1.csv", rng_seed=seed)
+    return SimulatedNight(outdir, files, truth_path, camera, spec.instrument, maps_path,
+                          refcat_path)  # fmt: skip
 
 
 def _optical_setup(

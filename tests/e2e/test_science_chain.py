@@ -60,11 +60,15 @@ def wide_night(tmp_path_factory) -> dict:
     config = ["--database-url", f"sqlite:///{root / 'registry.db'}", "--data-dir",
               str(root / "data")]  # fmt: skip
     run("ingest", str(root / "raw"), "-q", *config, cwd=root)
-    out = run("worker", "--until-idle", "--json", *FAST, *config, cwd=root)
+    loaded = json.loads(run("refcat", "load", str(night.refcat_path), "--json", *config,
+                            cwd=root).stdout)  # fmt: skip
+    # the simulated catalogue is not saturated at mag 14 as Pan-STARRS is: use its bright stars
+    out = run("worker", "--until-idle", "--json", *FAST, *config, cwd=root,
+              env={"PYLCOGT_REFCAT_BRIGHT_MAG": "none"})  # fmt: skip
     summary = json.loads(out.stdout)
     products = sorted((root / "data").rglob("*e91.fits.fz"))
     return {"root": root, "night": night, "summary": summary, "products": products,
-            "config": config, "stderr": out.stderr}  # fmt: skip
+            "config": config, "stderr": out.stderr, "refcat": loaded}  # fmt: skip
 
 
 def test_every_science_frame_is_solved_within_half_an_arcsec(wide_night: dict) -> None:
@@ -126,6 +130,27 @@ def test_catalogue_is_complete_accurate_and_has_sky_positions(wide_night: dict) 
     tdec = np.array([s["dec"] for s in stars])[tycho]
     sep = np.hypot((ra - tra) * np.cos(np.radians(tdec)), dec - tdec) * 3600
     assert tycho.sum() >= 10 and np.median(sep) < 0.5 and sep.max() < 2.0
+
+
+def test_zero_point_recovers_the_simulated_one(wide_night: dict) -> None:
+    """The simulator's reference catalogue (Pan-STARRS-like, with catalogue errors), loaded with
+    ``pylcogt refcat load``: L1ZP (the magnitude giving 1 e-/s) matches the truth's zero point
+    within its stated uncertainty, and MAG/MAGERR are in the catalogue."""
+    for product in wide_night["products"]:
+        raw_name = product.name.replace("-e91.fits.fz", "-e00.fits")
+        truth = truth_entry(wide_night["night"].truth_path, raw_name)
+        header = fits.getheader(product, "SCI")
+        assert header["L1PHSTAT"] == "calibrated", header.get("L1PHREAS")
+        assert header["L1ZPNUM"] >= 20
+        error = max(header["L1ZPERR"], 0.002)
+        assert abs(header["L1ZP"] - truth["zeropoint_mag"]) < 4 * error, (
+            header["L1ZP"], header["L1ZPERR"], truth["zeropoint_mag"])  # fmt: skip
+        cat = read_catalog(product)
+        clean = (np.asarray(cat["FLAG"]) == 0) & (np.asarray(cat["FLUX"]) > 0)
+        mag = np.asarray(cat["MAG"])[clean]
+        expected = header["L1ZP"] - 2.5 * np.log10(np.asarray(cat["FLUX"])[clean]
+                                                   / header["EXPTIME"])  # fmt: skip
+        assert np.allclose(mag, expected, atol=2e-3) and np.isfinite(cat["MAGERR"][clean]).all()
 
 
 def test_solve_rewrites_into_a_new_file_and_sip_matters(wide_night: dict) -> None:
