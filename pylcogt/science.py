@@ -1,10 +1,14 @@
-"""The last steps of the science chain: the source catalogue (``CAT``) and the WCS.
+"""The last steps of the science chain: cosmic rays, the source catalogue (``CAT``), the WCS
+and the zero point.
 
-:func:`catalog_and_wcs` runs :func:`~pylcogt.stages.detect.detect_sources` on a calibrated
-frame, solves the field with astrometry.net from that catalogue (the brightest clean sources:
-no saturated, bad-pixel, cosmic-ray or edge sources; never a re-detection on the image), fits
-the distortion against every matched reference star (:mod:`pylcogt.astrometry`), fills the
-catalogue's ``RA``/``DEC`` and returns the frame with the catalogue and WCS cards in its header.
+:func:`~pylcogt.stages.cosmics.detect_cosmic_rays` first flags cosmic-ray hits in the BPM
+(L.A.Cosmic, astroscrappy's defaults; ``L1NCRPIX``), so that they make no detections and are
+left out of the photometry. Then :func:`catalog_and_wcs` runs
+:func:`~pylcogt.stages.detect.detect_sources`, solves the field with astrometry.net from that
+catalogue (the brightest clean sources: no saturated, bad-pixel, cosmic-ray or edge sources;
+never a re-detection on the image), fits the distortion against every matched reference star
+(:mod:`pylcogt.astrometry`), fills the catalogue's ``RA``/``DEC`` and returns the frame with
+the catalogue and WCS cards in its header.
 
 Then the zero point (``L1ZP``, the magnitude giving 1 electron per second) from the catalogue
 matched to a reference catalogue (:mod:`pylcogt.photometry`), and ``MAG``/``MAGERR`` columns;
@@ -35,6 +39,7 @@ from pylcogt.frame import Frame
 from pylcogt.photometry.config import PhotometryConfig
 from pylcogt.photometry.refcat import reference_stars_near
 from pylcogt.photometry.zeropoint import PhotometryResult, calibrate_photometry, field_cone
+from pylcogt.stages.cosmics import detect_cosmic_rays
 from pylcogt.stages.detect import SourceCatalog, SourceFlag, catalog_cards, detect_sources
 
 __all__ = [
@@ -144,6 +149,14 @@ def catalog_and_wcs(
     ``refcat`` (a reference file path, the registry's sessionmaker, or ``None``: not calibrated)
     and annotate ``frame`` (see module doc). The input frame is not modified; the returned one
     has a new header."""
+    try:  # COSMIC_RAY bits: left out of detection and photometry
+        frame = detect_cosmic_rays(frame)
+    except ValueError as exc:  # e.g. a foreign image with neither ERR nor RDNOISE: not fatal
+        log.warning("%s: no cosmic-ray mask: %s", frame.name, exc)
+        header = frame.header.copy()
+        header["L1CRSTAT"] = ("NOT RUN", "cosmic-ray detection: see L1CRREAS")
+        header["L1CRREAS"] = (str(exc)[:68], "why there is no cosmic-ray mask")
+        frame = dataclasses.replace(frame, header=header)
     sources = detect_sources(frame)
     table = sources.table.copy()
     header = frame.header.copy()

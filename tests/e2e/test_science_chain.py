@@ -19,6 +19,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from pylcogt.frame import PixelFlag
 from pylcogt.io.products import read_catalog
 from pylcogt.simulate import simulate_night
 from pylcogt.simulate.truth import truth_entry, truth_wcs
@@ -130,6 +131,25 @@ def test_catalogue_is_complete_accurate_and_has_sky_positions(wide_night: dict) 
     tdec = np.array([s["dec"] for s in stars])[tycho]
     sep = np.hypot((ra - tra) * np.cos(np.radians(tdec)), dec - tdec) * 3600
     assert tycho.sum() >= 10 and np.median(sep) < 0.5 and sep.max() < 2.0
+
+
+def test_cosmic_rays_are_flagged_and_stay_out_of_the_catalogue(wide_night: dict) -> None:
+    for product in wide_night["products"]:
+        raw_name = product.name.replace("-e91.fits.fz", "-e00.fits")
+        truth = truth_entry(wide_night["night"].truth_path, raw_name)
+        header = fits.getheader(product, "SCI")
+        bpm = fits.getdata(product, "BPM")
+        flagged = (bpm & PixelFlag.COSMIC_RAY) != 0
+        assert header["L1NCRPIX"] == flagged.sum() > 0 and header["L1CRSTAT"] == "OK"
+        hits = [(x, y) for x, y, energy in truth["cosmic_rays"]
+                if energy > 1000 and 4 <= x <= N - 3 and 4 <= y <= N - 3]  # fmt: skip
+        near = [flagged[y - 2 : y + 1, x - 2 : x + 1].any() for x, y in hits]  # 1-indexed x, y
+        # wiring only (the stage's completeness is tested in tests/unit/test_cosmics.py): the
+        # short wide-field exposures hold few hits
+        assert hits and np.mean(near) >= 0.8, (len(hits), np.mean(near))
+        cat = read_catalog(product)
+        cr = (np.asarray(cat["FLAG"]) & 16) != 0  # SourceFlag.COSMIC_RAY
+        assert (np.asarray(cat["MAG"])[cr & (np.asarray(cat["FLAG"]) != 16)] != 0).all()
 
 
 def test_zero_point_recovers_the_simulated_one(wide_night: dict) -> None:

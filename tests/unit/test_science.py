@@ -98,3 +98,5 @@ def test_astrometry_off_and_missing_header_facts_are_statuses_not_errors(tmp_pat
 
     no_scale = catalog_and_wcs(frame, AstrometryConfig())
     assert "PIXSCALE" in no_scale.frame.header["ASTREASN"]
+    # neither ERR nor RDNOISE: no cosmic-ray mask, said so, and the rest goes on
+    assert off.frame.header["L1CRSTAT"] == "NOT RUN" and "RDNOISE" in off.frame.header["L1CRREAS"]
