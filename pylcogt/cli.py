@@ -411,6 +411,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"reduced frames ({len(report['reduced'])}):")
     for r in report["reduced"]:
         print(f"  {Path(r['path']).name} -> {r['product']}")
+        sci = r.get("science")
+        if sci and sci.get("n_sources") is not None:
+            wcs = (f"WCS solved, rms {sci['wcs_rms_arcsec']}\"" if sci["wcs"] == "solved"
+                   else f"no WCS: {str(sci['wcs_reason']).split(': ')[0]}")  # fmt: skip
+            print(f"      {sci['n_sources']} sources, {sci['cosmic_ray_pixels']} cosmic-ray "
+                  f"pixels; {wcs}")  # fmt: skip
     for f in report["failures"]:
         print(f"failed: {Path(f['path']).name}: {f['error']}")
     prov = report["provenance"]
@@ -420,6 +426,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             m = used["master"]
             print(f"  {used['role']:5s} master {m['id']} ({Path(m['path']).name}) from "
                   f"{len(used['inputs'])} raw frames")  # fmt: skip
+    unsolved = [r for r in report["reduced"] if (r.get("science") or {}).get("wcs") == "failed"]
+    if unsolved:
+        hint = "Gaia 5200 or 2MASS 4100, --index-dir; docs/astrometry.md"
+        print(f"astrometry: these fields need smaller-scale index files ({hint}); the README "
+              "has a wide field that solves")  # fmt: skip
     print("next: `pylcogt provenance FRAME`, `pylcogt calibrations list`, `pylcogt frames list`")
     return 0
 

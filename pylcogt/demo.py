@@ -89,9 +89,24 @@ def run_demo(
             }
             for m in masters
         ],  # fmt: skip
-        "reduced": [{"path": f.path, "product": f.product_path} for f in reduced],
+        "reduced": [
+            {"path": f.path, "product": f.product_path, "science": _summary(f.product_path)}
+            for f in reduced
+        ],  # fmt: skip
         "failures": failures,
         "provenance": provenance.to_dict(provenance.provenance(maker, example))
         if example
         else None,
     }
+
+
+def _summary(product: str | None) -> dict | None:
+    """The product's catalogue / WCS / zero-point summary cards, if it can be read."""
+    from pylcogt.io.products import read_science_summary
+
+    if not product:
+        return None
+    try:
+        return read_science_summary(Path(product))
+    except (OSError, KeyError):
+        return None

@@ -27,6 +27,7 @@ __all__ = [
     "write_product",
     "read_product",
     "read_catalog",
+    "read_science_summary",
     "read_mask",
     "clean_header",
     "TILE_ROWS",
@@ -125,6 +126,16 @@ def _catalog_hdu(catalog: Table) -> fits.BinTableHDU:
             card = _fitting(fits.Card(f"TTYPE{index}", column.name, column.description))
             hdu.header[f"TTYPE{index}"] = (card.value, card.comment)
     return hdu
+
+
+def read_science_summary(path: Path) -> dict:
+    """The science chain's summary cards of a product's SCI header (``None`` where absent):
+    sources, cosmic-ray pixels, astrometry status and reason, WCS rms, zero point."""
+    header = fits.getheader(Path(path), "SCI")
+    keys = {"n_sources": "NSOURCES", "cosmic_ray_pixels": "L1NCRPIX", "wcs": "ASTSTAT",
+            "wcs_reason": "ASTREASN", "wcs_rms_arcsec": "WCSRMS", "photometry": "L1PHSTAT",
+            "photometry_reason": "L1PHREAS", "zeropoint": "L1ZP"}  # fmt: skip
+    return {name: header.get(key) for name, key in keys.items()}
 
 
 def read_catalog(path: Path) -> Table:

@@ -206,6 +206,11 @@ def test_demo_runs_on_embedded_default_and_is_idempotent(tmp_path: Path) -> None
         ["BIAS", "DARK", "SKYFLAT", "SKYFLAT", "BPM"] * 2
     )
     assert len(first["reduced"]) == 4 and all(Path(r["product"]).exists() for r in first["reduced"])
+    # the science chain's summary: sources found; these small fields cannot be solved with the
+    # installed index files, and the reason says which to install
+    for r in first["reduced"]:
+        assert r["science"]["n_sources"] > 0 and r["science"]["wcs"] == "failed"
+        assert "4100" in r["science"]["wcs_reason"] and r["science"]["photometry"] == "no WCS"
     roles = {m["role"] for m in first["provenance"]["masters"]}
     assert roles == {"bias", "dark", "flat", "bpm"}
     second = json.loads(run(*args, cwd=tmp_path).stdout)
