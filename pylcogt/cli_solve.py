@@ -77,7 +77,8 @@ def cmd_solve(args: argparse.Namespace, settings: Settings) -> int:
     from pylcogt.cli import _print_json
     from pylcogt.io.images import read_calibrated_image
     from pylcogt.io.products import write_product
-    from pylcogt.science import astrometry_config, catalog_and_wcs, photometry_config
+    from pylcogt.photometry.config import PhotometryConfig
+    from pylcogt.science import astrometry_config, catalog_and_wcs
 
     if settings.index_dir is None:
         raise ConfigurationError("pylcogt solve needs astrometry: --index-dir is 'none'")
@@ -95,7 +96,7 @@ def cmd_solve(args: argparse.Namespace, settings: Settings) -> int:
             if out == path:
                 raise UnprocessableFrameError(f"{path}: refusing to write over the input")
             frame = read_calibrated_image(path)
-            photometry = photometry_config(settings.refcat_bright_mag)
+            photometry = PhotometryConfig(bright_mag=settings.refcat_bright_mag)
             science = catalog_and_wcs(frame, config, refcat=settings.refcat, photometry=photometry)
             write_product(out, science.frame, catalog=science.catalog)
         except (UnprocessableFrameError, OSError, ValueError) as exc:

@@ -40,8 +40,9 @@ from pylcogt.instruments import SCIENCE_OBSTYPES, crosstalk_lookup
 from pylcogt.io.products import write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.paths import product_path
+from pylcogt.photometry.config import PhotometryConfig
 from pylcogt.pipeline import Masters, reduce_science
-from pylcogt.science import astrometry_config, catalog_and_wcs, photometry_config
+from pylcogt.science import astrometry_config, catalog_and_wcs
 
 __all__ = ["ReduceResult", "reduce_frame"]
 
@@ -134,15 +135,13 @@ def reduce_frame(
                                camera=frame.instrument.camera, dayobs=frame.dayobs,
                                raw_filename=frame.filename)  # fmt: skip
             result.timings["calibrate"] = time.perf_counter() - tick
-            tick = time.perf_counter()
             science = catalog_and_wcs(
                 reduced,
                 astrometry_config(settings.index_dir),
                 refcat=settings.refcat or maker,
-                photometry=photometry_config(settings.refcat_bright_mag),
+                photometry=PhotometryConfig(bright_mag=settings.refcat_bright_mag),
             )
-            result.timings["astrometry"] = science.solution.elapsed_s
-            result.timings["sources"] = time.perf_counter() - tick - science.solution.elapsed_s
+            result.timings.update(science.timings)
             tick = time.perf_counter()
             fence()
             write_product(out, science.frame, catalog=science.catalog)

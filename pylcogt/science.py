@@ -26,7 +26,8 @@ import dataclasses
 import logging
 import math
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,13 @@ from astropy.io import fits
 from astropy.table import Table
 
 from pylcogt.astrometry.config import AstrometryConfig
-from pylcogt.astrometry.solver import SolveResult, apply_solution, radec_for, solve
+from pylcogt.astrometry.solver import (
+    SolveResult,
+    apply_solution,
+    radec_for,
+    remove_wcs,
+    solve,
+)
 from pylcogt.frame import Frame
 from pylcogt.photometry.config import PhotometryConfig
 from pylcogt.photometry.refcat import reference_stars_near
@@ -48,20 +55,12 @@ __all__ = [
     "pointing",
     "pixel_scale",
     "astrometry_config",
-    "photometry_config",
 ]
 
 log = logging.getLogger(__name__)
 
 #: sources with any of these flags never go to the solver nor into the distortion fit
 UNFIT_FLAGS = SourceFlag.SATURATED | SourceFlag.BAD_PIXELS | SourceFlag.EDGE | SourceFlag.COSMIC_RAY
-
-#: the telescope's approximate WCS (LCO raw headers carry one) is replaced by the solution, or
-#: removed when there is none: only a solution says where the pixels are
-_WCS_KEY = re.compile(
-    r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CD\d_\d|PC\d_\d|LONPOLE|LATPOLE"
-    r"|RADESYS|EQUINOX|[AB]P?_ORDER|[AB]P?_\d_\d|[AB]P?_DMAX|WCSERR|WCSNAME|MJDREF)$"
-)
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,7 @@ class ScienceResult:
     sources: SourceCatalog
     solution: SolveResult
     photometry: PhotometryResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
 
 
 def _parse_angle(value, *, hours: bool) -> float | None:
@@ -122,11 +122,6 @@ def pixel_scale(header: fits.Header) -> float | None:
     return scale if math.isfinite(scale) and scale > 0 else None
 
 
-def photometry_config(bright_mag: float | None) -> PhotometryConfig:
-    """The zero-point settings with the configured bright limit (``None``: no limit)."""
-    return PhotometryConfig(bright_mag=bright_mag)
-
-
 def astrometry_config(index_dir: Path | None, **overrides) -> AstrometryConfig | None:
     """The solver's settings for an index directory; ``None``: astrometry turned off."""
     if index_dir is None:
@@ -149,6 +144,8 @@ def catalog_and_wcs(
     ``refcat`` (a reference file path, the registry's sessionmaker, or ``None``: not calibrated)
     and annotate ``frame`` (see module doc). The input frame is not modified; the returned one
     has a new header."""
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
     try:  # COSMIC_RAY bits: left out of detection and photometry
         frame = detect_cosmic_rays(frame)
     except ValueError as exc:  # e.g. a foreign image with neither ERR nor RDNOISE: not fatal
@@ -157,7 +154,10 @@ def catalog_and_wcs(
         header["L1CRSTAT"] = ("NOT RUN", "cosmic-ray detection: see L1CRREAS")
         header["L1CRREAS"] = (str(exc)[:68], "why there is no cosmic-ray mask")
         frame = dataclasses.replace(frame, header=header)
+    timings["cosmics"] = time.perf_counter() - tick
+    tick = time.perf_counter()
     sources = detect_sources(frame)
+    timings["sources"] = time.perf_counter() - tick
     table = sources.table.copy()
     header = frame.header.copy()
     scale = pixel_scale(header)
@@ -174,22 +174,24 @@ def catalog_and_wcs(
         solution = solve(np.asarray(table["X"])[clean], np.asarray(table["Y"])[clean],
                          np.asarray(table["FLUX"])[clean], width=nx, height=ny, ra_deg=ra0,
                          dec_deg=dec0, pixscale_arcsec=scale, config=config)  # fmt: skip
+    timings["astrometry"] = solution.elapsed_s
     if solution.solved:
         ra, dec = radec_for(solution, table["X"], table["Y"])  # X, Y: 1-indexed, as solve's
         table["RA"][:] = ra
         table["DEC"][:] = dec
-    for key in [k for k in header if _WCS_KEY.match(k)]:
-        del header[key]  # solved: replaced below; unsolved: the product has no WCS
+    remove_wcs(header)  # the telescope's approximate WCS: replaced below, or none when unsolved
     for key, value, comment in catalog_cards(sources, scale):
         header[key] = (value, comment)
     apply_solution(header, solution)
     phot = None
     if refcat is not None:
+        tick = time.perf_counter()
         cone = field_cone(table)
         stars = reference_stars_near(refcat, *cone) if cone else None
         phot = calibrate_photometry(table, header, stars, photometry)
         phot.update_header(header)
         table = phot.catalog
+        timings["photometry"] = time.perf_counter() - tick
     if solution.solved:
         log.info("%s: %d sources; WCS solved, %d stars matched, rms %.2f\"", frame.name,
                  len(table), solution.n_matched, solution.rms_arcsec)  # fmt: skip
@@ -201,4 +203,4 @@ def catalog_and_wcs(
                  else f": {phot.reason}")  # fmt: skip
     frame = dataclasses.replace(frame, header=header)
     return ScienceResult(frame=frame, catalog=table, sources=sources, solution=solution,
-                         photometry=phot)  # fmt: skip
+                         photometry=phot, timings=timings)  # fmt: skip

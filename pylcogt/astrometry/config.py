@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pylcogt.config import DEFAULT_INDEX_DIR
 from pylcogt.errors import ConfigurationError
 
 __all__ = ["AstrometryConfig", "DEFAULT_INDEX_DIR", "INSTALL_HINT"]
 
-#: Where Debian's ``astrometry-data-*`` packages put their index files.
-DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 #: What to install on Debian when astrometry.net or its index files are missing.
 INSTALL_HINT = (
     "install astrometry.net and index files: apt-get install --no-install-recommends "

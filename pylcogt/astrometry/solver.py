@@ -59,6 +59,7 @@ from pylcogt.io.astrometry_files import read_wcs_header, write_xylist
 
 __all__ = [
     "SolveResult",
+    "remove_wcs",
     "solve",
     "solve_field_command",
     "engine_config_text",
@@ -79,7 +80,7 @@ _SOLVED_WITH = re.compile(r"solved with index (\S+)\.\s*$", re.MULTILINE)
 _WCS_KEYS = re.compile(
     r"^(WCSAXES|CTYPE[12]|CRPIX[12]|CRVAL[12]|CUNIT[12]|CDELT[12]|CROTA[12]|CD[12]_[12]"
     r"|PC[12]_[12]|LONPOLE|LATPOLE|RADESYS|EQUINOX|(A|B|AP|BP)_ORDER|(A|B|AP|BP)_\d+_\d+"
-    r"|A_DMAX|B_DMAX)$"
+    r"|A_DMAX|B_DMAX|WCSNAME|WCSERR)$"
 )
 
 
@@ -459,15 +460,20 @@ def wcs_cards(result: SolveResult) -> list[tuple[str, object, str]]:
     return cards
 
 
+def remove_wcs(header: fits.Header) -> None:
+    """Delete every celestial WCS card (CD/PC/CDELT/CROTA, SIP, CTYPE, ...) from ``header``."""
+    for key in dict.fromkeys(key for key in header if _WCS_KEYS.match(key)):
+        del header[key]
+
+
 def apply_solution(header: fits.Header, result: SolveResult) -> None:
     """Write :func:`wcs_cards` into ``header`` in place. When solved, every celestial WCS card
     already there (CD/PC/CDELT/CROTA, SIP, CTYPE, ...) is removed first, so no stale card mixes
     with the new solution; earlier status cards are always replaced."""
-    stale = [key for key in header if key in STATUS_CARDS]
-    if result.solved and result.wcs is not None:
-        stale += [key for key in header if _WCS_KEYS.match(key)]
-    for key in dict.fromkeys(stale):
+    for key in [key for key in header if key in STATUS_CARDS]:
         del header[key]
+    if result.solved and result.wcs is not None:
+        remove_wcs(header)
     for key, value, comment in wcs_cards(result):
         header[key] = (value, comment)
 

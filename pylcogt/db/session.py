@@ -13,6 +13,7 @@ option means nothing on PostgreSQL (row locks do that job there).
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from sqlalchemy import Engine, create_engine, event
@@ -83,13 +84,15 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
     return maker
 
 
+@functools.lru_cache(maxsize=32)
 def writer(maker: sessionmaker[Session]) -> sessionmaker[Session]:
     """``maker`` for read-then-write transactions: on SQLite they begin with ``BEGIN IMMEDIATE``.
 
     A deferred SQLite transaction that reads, then writes after another connection has
     committed fails at once with "database is locked" (its snapshot is stale; the busy timeout
     does not apply), which is what ingesting while workers run would do. Taking the write lock
-    first waits for it instead. PostgreSQL: unchanged.
+    first waits for it instead. PostgreSQL: unchanged. One per ``maker`` (cached: ingest asks
+    for it per file).
     """
     bind = maker.kw.get("bind")
     if bind is None or bind.dialect.name != "sqlite":
@@ -105,3 +108,4 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _sessionmakers.clear()
+    writer.cache_clear()

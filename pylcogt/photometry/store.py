@@ -24,6 +24,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pylcogt.db.models import REFERENCE_BAND_COLUMNS, ReferenceCatalog, ReferenceStar, utcnow
+from pylcogt.db.session import writer
 from pylcogt.errors import ConfigurationError
 from pylcogt.photometry.refcat import (
     BANDS,
@@ -62,12 +63,6 @@ def _options_text(columns: Mapping[str, str] | None) -> str:
     return json.dumps(dict(sorted((columns or {}).items())), separators=(",", ":"))
 
 
-def _writer(maker: sessionmaker[Session]) -> sessionmaker[Session]:
-    from pylcogt.db.session import writer
-
-    return writer(maker)
-
-
 def load_catalog_file(
     maker: sessionmaker[Session],
     path: str | os.PathLike,
@@ -93,7 +88,7 @@ def load_catalog_file(
             return _result(row, "unchanged")
     stars = stars_from_table(read_reference_table(path), name=name, columns=columns)
     values = _star_rows(stars)
-    with _writer(maker)() as session, session.begin():
+    with writer(maker)() as session, session.begin():
         row = session.scalars(select(ReferenceCatalog).where(ReferenceCatalog.name == name)).first()
         if row is not None and row.checksum == checksum and row.options == options:
             return _result(row, "unchanged")  # loaded meanwhile by someone else

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from pylcogt.astrometry.sip import tan_deproject, tan_project
+
 __all__ = [
     "Catalogue",
     "make_catalogue",
@@ -48,31 +50,6 @@ class Catalogue:
 
     def __len__(self) -> int:
         return len(self.ra)
-
-
-def tan_project(ra, dec, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Gnomonic standard coordinates (xi east, eta north), degrees."""
-    a, d = np.radians(ra), np.radians(dec)
-    a0, d0 = math.radians(ra0), math.radians(dec0)
-    cosc = math.sin(d0) * np.sin(d) + math.cos(d0) * np.cos(d) * np.cos(a - a0)
-    xi = np.cos(d) * np.sin(a - a0) / cosc
-    eta = (math.cos(d0) * np.sin(d) - math.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
-    return np.degrees(xi), np.degrees(eta)
-
-
-def tan_deproject(xi, eta, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`tan_project` (degrees in, degrees out)."""
-    x, y = np.radians(xi), np.radians(eta)
-    d0 = math.radians(dec0)
-    rho = np.hypot(x, y)
-    c = np.arctan(rho)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(rho > 0, y * np.sin(c) / np.where(rho > 0, rho, 1), 0.0)
-    dec = np.arcsin(np.cos(c) * math.sin(d0) + ratio * math.cos(d0))
-    ra = ra0 + np.degrees(
-        np.arctan2(x * np.sin(c), rho * math.cos(d0) * np.cos(c) - y * math.sin(d0) * np.sin(c))
-    )
-    return np.mod(ra, 360.0), np.degrees(dec)
 
 
 def make_catalogue(
