@@ -27,6 +27,7 @@ from pylcogt.config import (
     DATA_DIR_ENV,
     DATABASE_URL_ENV,
     INDEX_DIR_ENV,
+    REFCAT_BRIGHT_ENV,
     REFCAT_ENV,
     Settings,
     load_settings,
@@ -45,6 +46,13 @@ environment (a CLI option overrides its variable):
                           production: postgresql+psycopg2://user:password@host/dbname)
   {DATA_DIR_ENV}       where reduced frames and master calibrations are written
                          (default: ./pylcogt-data)
+  {CROSSTALK_FILE_ENV} Sinistro crosstalk table for frames without CRSTLKij
+  {INDEX_DIR_ENV}      astrometry.net index files (default: /usr/share/astrometry;
+                         'none': no astrometry; see docs/astrometry.md)
+  {REFCAT_ENV}         reference catalogue file for zero points (default: the
+                         catalogues loaded with `pylcogt refcat load`)
+  {REFCAT_BRIGHT_ENV} reference stars brighter than this are not used (default 14.0;
+                         'none': all)
 
 machine-readable output: every --json prints one JSON value on stdout and nothing else
 (the one streaming exception: `ingest --watch --json` prints one JSON object per line, per file);
