@@ -18,6 +18,7 @@ from pylcogt import (
     __version__,
     cli_backfill,
     cli_calibrations,
+    cli_qc,
     cli_refcat,
     cli_solve,
     cli_worker,
@@ -840,6 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_backfill.add_backfill_command(add, common)
     cli_solve.add_solve_command(add, common)
     cli_refcat.add_refcat_command(add, common)
+    cli_qc.add_qc_command(add, common)
 
     p = add(
         "simulate",
@@ -916,6 +918,7 @@ COMMANDS = {
     "backfill": cli_backfill.cmd_backfill,
     "solve": cli_solve.cmd_solve,
     "refcat": cli_refcat.cmd_refcat,
+    "qc": cli_qc.cmd_qc,
 }
 
 

@@ -7,7 +7,8 @@ left out of the photometry. Then :func:`catalog_and_wcs` runs
 :func:`~pylcogt.stages.detect.detect_sources`, solves the field with astrometry.net from that
 catalogue (the brightest clean sources: no saturated, bad-pixel, cosmic-ray or edge sources;
 never a re-detection on the image), fits the distortion against every matched reference star
-(:mod:`pylcogt.astrometry`), fills the catalogue's ``RA``/``DEC`` and returns the frame with
+(:mod:`pylcogt.astrometry`), fills the catalogue's ``RA``/``DEC`` (and ``REF_RA``/``REF_DEC``, the
+reference star of each source in the WCS fit: the astrometric residuals) and returns the frame with
 the catalogue and WCS cards in its header.
 
 Then the zero point (``L1ZP``, the magnitude giving 1 electron per second) from the catalogue
@@ -175,10 +176,18 @@ def catalog_and_wcs(
                          np.asarray(table["FLUX"])[clean], width=nx, height=ny, ra_deg=ra0,
                          dec_deg=dec0, pixscale_arcsec=scale, config=config)  # fmt: skip
     timings["astrometry"] = solution.elapsed_s
+    ref_ra, ref_dec = np.full(len(table), np.nan), np.full(len(table), np.nan)
     if solution.solved:
         ra, dec = radec_for(solution, table["X"], table["Y"])  # X, Y: 1-indexed, as solve's
         table["RA"][:] = ra
         table["DEC"][:] = dec
+        rows = np.flatnonzero(clean)[solution.match_index]
+        ref_ra[rows], ref_dec[rows] = solution.match_ra, solution.match_dec
+    for name, values, text in (("REF_RA", ref_ra, "right ascension"),
+                               ("REF_DEC", ref_dec, "declination")):  # fmt: skip
+        table[name] = values
+        table[name].unit = "deg"
+        table[name].description = f"{text} of the WCS fit's reference star, or NaN"
     remove_wcs(header)  # the telescope's approximate WCS: replaced below, or none when unsolved
     for key, value, comment in catalog_cards(sources, scale):
         header[key] = (value, comment)

@@ -24,6 +24,7 @@ Header cards written by :func:`wcs_cards` (besides the WCS itself, with a CD mat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -32,7 +33,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,9 @@ class SolveResult:
     own WCS was kept ('' otherwise). ``wcs`` maps 1-indexed pixels (``origin=1``) to ICRS
     degrees. ``n_matched`` stars entered the final fit with residual rms ``rms_arcsec`` (the
     rms of the on-sky distances); ``sip_order`` is 0 for a plain TAN. ``index_name`` is the
-    index file ``solve-field`` solved with.
+    index file ``solve-field`` solved with. ``match_index`` indexes the ``x, y`` given to
+    :func:`solve` for those ``n_matched`` stars, and ``match_ra, match_dec`` are their reference
+    positions (ICRS degrees): the astrometric residuals are ``wcs(x, y) - (ra, dec)``.
     """
 
     status: str
@@ -107,6 +110,9 @@ class SolveResult:
     note: str = ""
     n_sources: int = 0
     n_reference: int = 0
+    match_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    match_ra: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    match_dec: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def solved(self) -> bool:
@@ -214,6 +220,7 @@ def solve(
 
     x, y, flux = (np.asarray(a, dtype=np.float64).ravel() for a in (x, y, flux))
     usable = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    given_index = np.flatnonzero(usable)  # positions in the arrays given, of x[i] below
     x, y, flux = x[usable], y[usable], flux[usable]
     if x.size < MIN_SOURCES:
         return SolveResult(
@@ -264,7 +271,10 @@ def solve(
         wcs0 = _wcs_from_header(read_wcs_header(wcs_path))
         found = _SOLVED_WITH.search(log)
         index_name = Path(found.group(1)).name if found else ""
-        return _refit(wcs0, x, y, width, height, config, index_files, workdir, index_name, start)
+        result = _refit(wcs0, x, y, width, height, config, index_files, workdir, index_name,
+                        start)  # fmt: skip
+    # the matched sources as indices into the arrays the caller gave
+    return dataclasses.replace(result, match_index=given_index[result.match_index])
 
 
 def _run_bounded(cmd: list[str], workdir: Path, log_path: Path, timeout_s: float) -> str:
@@ -387,15 +397,18 @@ def _refit(
             min_stars_per_coeff=config.min_stars_per_coeff,
         )
     except FitError as exc:
-        n, rms = _match_quality(wcs0, x, y, refs.ra, refs.dec, width, height, config)
+        i_src, i_ref, rms = _match_quality(wcs0, x, y, refs.ra, refs.dec, width, height, config)
         return SolveResult(
             "solved",
             wcs=wcs0,
-            n_matched=n,
+            n_matched=int(i_src.size),
             rms_arcsec=rms,
             sip_order=sip_order_of(wcs0),
             elapsed_s=time.monotonic() - start,
             note=f"kept astrometry.net's WCS: {exc}",
+            match_index=i_src,
+            match_ra=np.asarray(refs.ra, dtype=np.float64)[i_ref],
+            match_dec=np.asarray(refs.dec, dtype=np.float64)[i_ref],
             **common,
         )
     return SolveResult(
@@ -406,20 +419,25 @@ def _refit(
         sip_order=fit.sip_order,
         elapsed_s=time.monotonic() - start,
         note=fit.note,
+        match_index=np.asarray(fit.source_index, dtype=np.intp),
+        match_ra=np.asarray(refs.ra, dtype=np.float64)[fit.ref_index],
+        match_dec=np.asarray(refs.dec, dtype=np.float64)[fit.ref_index],
         **common,
     )
 
 
-def _match_quality(wcs, x, y, ra, dec, width, height, config) -> tuple[int, float]:
-    """Matches and their rms (arcsec) of reference stars under ``wcs`` (no fit)."""
+def _match_quality(wcs, x, y, ra, dec, width, height, config):
+    """Reference stars matched under ``wcs`` (no fit): ``(source indices, reference indices,
+    rms in arcsec)``."""
     rx, ry, idx = world_to_pixel(wcs, ra, dec, width=width, height=height)
     pixscale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
     i_ref, i_src = nearest_one_to_one(rx, ry, x, y, config.match_radius_arcsec / pixscale)
     if i_ref.size == 0:
-        return 0, math.nan
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), math.nan
     ra_fit, dec_fit = wcs.all_pix2world(x[i_src], y[i_src], 1)
     sep = sky_separation_arcsec(ra_fit, dec_fit, ra[idx[i_ref]], dec[idx[i_ref]])
-    return int(i_ref.size), float(np.sqrt(np.mean(sep**2)))
+    return (np.asarray(i_src, dtype=np.intp), np.asarray(idx[i_ref], dtype=np.intp),
+            float(np.sqrt(np.mean(sep**2))))  # fmt: skip
 
 
 def wcs_cards(result: SolveResult) -> list[tuple[str, object, str]]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pylcogt.frame import Frame, PixelFlag
+from pylcogt.stages.gain import remove_bias_from_err
 from pylcogt.stats import sigma_clipped_mean
 
 __all__ = [
@@ -39,7 +40,10 @@ def central_region(shape: tuple[int, int]) -> tuple[slice, slice]:
 
 
 def remove_bias_level(frame: Frame) -> tuple[Frame, float]:
-    """``(frame - level, level)`` with level the 3.5-rstd clipped mean (masked pixels ignored)."""
+    """``(frame - level, level)`` with level the 3.5-rstd clipped mean (masked pixels ignored).
+
+    A frame without overscan (``ERRBIAS = T``) leaves with ERR = read noise (``RDNOISE``): its
+    ERR counted the bias as Poisson signal."""
     # every 4th row and column: 1/16 of the pixels measure the level to ~0.03 e- (read noise
     # ~8 e-), 17x faster; the level only shifts the stack's inputs, whose per-pixel clipping
     # and the master's BIASLVL absorb such differences
@@ -49,7 +53,14 @@ def remove_bias_level(frame: Frame) -> tuple[Frame, float]:
         raise ValueError(f"{frame.name}: no valid pixel to measure the bias level")
     header = frame.header.copy()
     header["BIASLVL"] = (round(level, 4), "[e-] clipped-mean level of this bias frame")
-    return replace(frame, sci=frame.sci - np.float32(level), header=header), level
+    err = frame.err
+    if err is not None and header.get("ERRBIAS", False):
+        # no overscan (SBIG, Spectral): ERR's Poisson term counted each pixel's bias value, which
+        # is all a bias frame holds; without it ERR is the read noise (as subtract_bias does)
+        err = remove_bias_from_err(err, np.maximum(frame.sci, np.float32(0)),
+                                   float(header.get("RDNOISE", 0.0)))  # fmt: skip
+        header["ERRBIAS"] = (False, "ERR Poisson term still includes the bias level")
+    return replace(frame, sci=frame.sci - np.float32(level), err=err, header=header), level
 
 
 def to_dark_rate(frame: Frame, exptime_s: float) -> Frame:

@@ -42,6 +42,25 @@ def test_bias_level_ignores_masked_pixels() -> None:
     assert level == 100.0
 
 
+def test_bias_without_overscan_leaves_with_err_of_the_read_noise() -> None:
+    """SBIG/Spectral (no overscan, ``ERRBIAS = T``): ERR = sqrt(RN^2 + value) counted the bias
+    as signal; a bias frame holds nothing else, so its ERR must become the read noise. (The QC
+    page found SBIG master biases with ERR 2.7x their measured noise.)"""
+    rng = np.random.default_rng(3)
+    read_noise = 13.5
+    sci = rng.normal(1300.0, read_noise, (200, 200)).astype(np.float32)
+    err = np.sqrt(read_noise**2 + np.maximum(sci, 0)).astype(np.float32)
+    with_bias = frame(sci, err=err)
+    with_bias.header["ERRBIAS"] = True
+    with_bias.header["RDNOISE"] = read_noise
+    out, _ = remove_bias_level(with_bias)
+    np.testing.assert_allclose(out.err, read_noise, rtol=1e-5)
+    assert out.header["ERRBIAS"] is False
+    # with an overscan (ERRBIAS = F) ERR is already the read noise and stays as it is
+    plain = frame(sci - 1300, err=np.full(sci.shape, read_noise))
+    assert remove_bias_level(plain)[0].err is plain.err
+
+
 def test_dark_rate_is_exact() -> None:
     out = to_dark_rate(frame(np.full((4, 4), 45.0), err=np.full((4, 4), 9.0)), 300.0)
     assert out.unit == "electron/s"
