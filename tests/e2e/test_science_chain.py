@@ -173,6 +173,28 @@ def test_zero_point_recovers_the_simulated_one(wide_night: dict) -> None:
         assert np.allclose(mag, expected, atol=2e-3) and np.isfinite(cat["MAGERR"][clean]).all()
 
 
+def test_qc_page_shows_the_astrometric_residuals_of_the_fit(wide_night: dict) -> None:
+    """The CAT's REF_RA/REF_DEC are the WCS fit's reference stars: the QC page recomputes the
+    residuals through the product's WCS and must find the fit's own WCSNMAT and WCSRMS."""
+    root = wide_night["root"]
+    out = run("qc", "20261128", "--output", str(root / "qc"), "--json", *wide_night["config"],
+              cwd=root)  # fmt: skip
+    data = json.loads(out.stdout)
+    assert data["summary"]["frames_solved"] == data["summary"]["frames_with_zeropoint"] == 2
+    for frame in data["frames"]:
+        header = fits.getheader(frame["product"], "SCI")
+        assert frame["residual_n"] == header["WCSNMAT"] >= 15
+        assert frame["residual_rms_arcsec"] == pytest.approx(header["WCSRMS"], abs=2e-4)
+        assert frame["zeropoint"] == header["L1ZP"]
+        cat = read_catalog(Path(frame["product"]))
+        in_fit = np.isfinite(np.asarray(cat["REF_RA"]))
+        assert in_fit.sum() == header["WCSNMAT"]
+        # each fitted reference star is its source's star: within 1" of the source's RA/DEC
+        d_dec = (np.asarray(cat["DEC"])[in_fit] - np.asarray(cat["REF_DEC"])[in_fit]) * 3600
+        assert np.max(np.abs(d_dec)) < 1.0
+        assert (root / "qc" / frame["images"]["thumbnail"]).exists()
+
+
 def test_solve_rewrites_into_a_new_file_and_sip_matters(wide_night: dict) -> None:
     root, product = wide_night["root"], wide_night["products"][0]
     before = hashlib.sha256(product.read_bytes()).hexdigest()
