@@ -440,7 +440,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         hint = "Gaia 5200 or 2MASS 4100, --index-dir; docs/astrometry.md"
         print(f"astrometry: these fields need smaller-scale index files ({hint}); the README "
               "has a wide field that solves")  # fmt: skip
-    print("next: `pylcogt provenance FRAME`, `pylcogt calibrations list`, `pylcogt frames list`")
+    print(f"quality-control page (open it in a browser): {report['qc_page']}")
+    print("next: `pylcogt provenance FRAME`, `pylcogt calibrations list`, `pylcogt frames list`, "
+          "`pylcogt qc NIGHT`")
     return 0
 
 

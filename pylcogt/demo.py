@@ -4,12 +4,15 @@
 default) into ``DIR/raw/<camera>``, ingests them into the configured registry (an SQLite file in
 the current directory by default), runs one worker until nothing is left to do (masters first,
 then science frames), and reports the masters made, the reduced frames, the failures and the
-provenance of one reduced frame. Running it again changes nothing: the same seed writes the
-same bytes, ingest finds them unchanged and the worker finds nothing to do.
+provenance of one reduced frame, and writes the night's quality-control page
+(``DIR/qc-NIGHT/index.html``, :mod:`pylcogt.qc`). Running it again changes nothing in the
+registry: the same seed writes the same bytes, ingest finds them unchanged and the worker finds
+nothing to do (the QC page is written again).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ from pylcogt.db.migrate import ensure_schema
 from pylcogt.db.models import RawFrame
 from pylcogt.db.session import get_sessionmaker
 from pylcogt.ingest import ingest_paths
+from pylcogt.qc.night import night_report
 from pylcogt.simulate import simulate_night
+from pylcogt.simulate.night import DEFAULT_DAYOBS
 from pylcogt.worker import WorkerConfig, run_workers
 
 __all__ = ["run_demo"]
@@ -64,6 +69,11 @@ def run_demo(
         ).all()
         example = reduced[0].path if reduced else None
     masters = provenance.list_masters(maker)
+    night = dt.datetime.strptime(str(options.get("dayobs", DEFAULT_DAYOBS)), "%Y%m%d").date()
+    say("quality-control pictures")
+    with maker() as session:
+        qc = night_report(session, night, Path(workdir) / f"qc-{night:%Y%m%d}",
+                          database=settings.safe_database_url, progress=say)  # fmt: skip
     return {
         "database": settings.safe_database_url,
         "cameras": [
@@ -94,6 +104,7 @@ def run_demo(
             for f in reduced
         ],  # fmt: skip
         "failures": failures,
+        "qc_page": str(qc.page.resolve()),
         "provenance": provenance.to_dict(provenance.provenance(maker, example))
         if example
         else None,

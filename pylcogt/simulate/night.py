@@ -54,8 +54,9 @@ from pylcogt.simulate.sky import (
 from pylcogt.simulate.truth import write_maps, write_truth
 from pylcogt.simulate.tycho import DEFAULT_INDEX_DIR, index_files, query_tycho2
 
-__all__ = ["SimulatedNight", "simulate_night", "STAR_SOURCES"]
+__all__ = ["SimulatedNight", "simulate_night", "STAR_SOURCES", "DEFAULT_DAYOBS"]
 
+DEFAULT_DAYOBS = "20261128"  # the night simulated when none is given (DAY-OBS, YYYYMMDD)
 STARS_PER_FRAME = 300  # per 4096^2 unbinned pixels, scaled with area (at least 20)
 STAR_SOURCES = ("synthetic", "tycho2")
 DISTORTION_ARCSEC = 5.0  # default corner displacement at the nominal pixel scale
@@ -128,7 +129,7 @@ def simulate_night(
     camera: str = "sinistro",
     size: int | None = None,
     seed: int = 1,
-    dayobs: str = "20261128",
+    dayobs: str = DEFAULT_DAYOBS,
     site: str = "lsc",
     n_bias: int = 5,
     n_dark: int = 3,
