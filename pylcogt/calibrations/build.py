@@ -180,8 +180,13 @@ def _master_frame(key: GroupKey, result, levels: list[float], inputs: list[RawFr
     header["STACKK"] = (STACK_K, "[rstd] per-pixel rejection threshold")
     if key.obstype == "BIAS":
         header["BIASLVL"] = (round(float(np.mean(levels)), 4), "[e-] mean level of the inputs")
+    per_input = len(levels) == len(inputs)  # bias levels, flat normalisations (not darks)
+    what = "bias level" if key.obstype == "BIAS" else "normalisation"
     for i, frame in enumerate(inputs, start=1):
         header[f"IMCOM{i:03d}" if i < 1000 else f"IMC{i:05d}"] = frame.filename
+        if per_input:
+            header[f"IMLVL{i:03d}" if i < 1000 else f"IML{i:05d}"] = (
+                round(float(levels[i - 1]), 3), f"[e-] {what} of input {i}")
     return Frame(sci=sci.astype(np.float32, copy=False), err=err, bpm=bpm, header=header,
                  unit=unit, name="")  # fmt: skip
 

@@ -31,7 +31,7 @@ from pylcogt.qc import metrics, render
 from pylcogt.qc.inventory import FrameEntry, MasterEntry, night_inventory
 from pylcogt.qc.page import write_page
 
-__all__ = ["NightReport", "night_report", "SCIENCE_CARDS"]
+__all__ = ["NightReport", "night_report", "master_inputs", "SCIENCE_CARDS"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,19 @@ def _mask_frame(frame: Frame) -> Frame:
                  unit="flagged", name=frame.name)  # fmt: skip
 
 
+def master_inputs(header) -> list[dict]:
+    """A master's input frames from its header, in order: ``{"file", "level"}`` with the level
+    (electrons: bias level, flat normalisation) where the master records it (``IMLVLnnn``)."""
+    inputs = []
+    for i in range(1, 100_000):
+        name = header.get(f"IMCOM{i:03d}" if i < 1000 else f"IMC{i:05d}")
+        if name is None:
+            break
+        level = header.get(f"IMLVL{i:03d}" if i < 1000 else f"IML{i:05d}")
+        inputs.append({"file": name, "level": level})
+    return inputs
+
+
 def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
     record = {
         "id": entry.id,
@@ -122,6 +135,7 @@ def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
                      for f in entry.left_out],  # fmt: skip
         "previous": None,
         "stats": None,
+        "inputs": [],
         "comparison": None,
         "comparison_note": "",
         "images": {},
@@ -146,6 +160,7 @@ def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
     for key in ("BIASLVL", "STACKK"):
         if key in frame.header:
             record["stats"][key.lower()] = frame.header[key]
+    record["inputs"] = master_inputs(frame.header)
     good = metrics.good_pixels(shown)
     rows, columns = metrics.profiles(shown.sci, good)
     name = f"master-{entry.id}-{_safe(entry.obstype.lower())}.png"

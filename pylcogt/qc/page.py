@@ -121,6 +121,15 @@ def _master_section(m: dict) -> str:
         parts.append(_table(["comparison", "value"], rows, numeric={1}))
     if m["comparison_note"]:
         parts.append(f'<p class="small">Comparison: {_e(m["comparison_note"])}</p>')
+    if m.get("inputs"):
+        levels = [f["level"] for f in m["inputs"] if f["level"] is not None]
+        what = "bias level" if m["type"] == "BIAS" else "level (normalisation)"
+        summary = f"{len(m['inputs'])} input frames"
+        if levels:
+            summary += (f", {what} {fmt(min(levels))} to {fmt(max(levels))} e-")
+        rows = [[f["file"], f["level"]] for f in m["inputs"]]
+        parts.append(f"<details><summary>{html.escape(summary)}</summary>"
+                     + _table(["frame", f"{what} (e-)"], rows, numeric={1}) + "</details>")
     if m["left_out"]:
         parts.append("<p>Frames of this group not in the master:</p>")
         parts.append(_table(["frame", "state", "why"],

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from astropy.io import fits
 
@@ -85,6 +86,10 @@ def test_masters_of_the_night_with_their_numbers_and_previous_masters(nights: di
     # two nights of the same detector agree within their noise
     assert bias["comparison"]["z_rstd"] == pytest.approx(1.0, abs=0.1)
     assert bias["stats"]["biaslvl"] > 0
+    # each input's level is in the master (IMLVLnnn): the master's BIASLVL is their mean
+    levels = [f["level"] for f in bias["inputs"]]
+    assert len(levels) == n and bias["stats"]["biaslvl"] == pytest.approx(np.mean(levels),
+                                                                         abs=1e-3)  # fmt: skip
     flat = by_type["SKYFLAT"]
     assert flat["comparison"]["mode"] == "ratio"
     assert flat["comparison"]["median"] == pytest.approx(1.0, abs=0.02)
@@ -94,6 +99,8 @@ def test_masters_of_the_night_with_their_numbers_and_previous_masters(nights: di
     assert left["file"] == nights["flat"] and left["state"] == "failed"
     assert "saturated" in left["reason"]
     assert flat["n_inputs"] == 2 * 3 - 1
+    assert nights["flat"] not in {f["file"] for f in flat["inputs"]}
+    assert len(flat["inputs"]) == 5 and all(f["level"] > 1000 for f in flat["inputs"])
     page = (nights["root"] / "page" / "index.html").read_text()
     assert nights["flat"] in page and "saturated" in page
 
