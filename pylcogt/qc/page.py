@@ -33,6 +33,8 @@ def fmt(value, digits: int = 4) -> str:
     """A number for a table cell: ``digits`` significant digits, '-' for None/NaN."""
     if value is None:
         return "-"
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        value = value.item()
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):

@@ -1,5 +1,8 @@
 """PNG pictures for the quality-control page (matplotlib's Agg renderer; no display needed).
 
+Texts from headers and the registry (file names, OBJECT, reasons) are drawn as plain text,
+never as matplotlib mathtext (a ``$`` in an OBJECT name must not break the picture).
+
 Images are shown with FITS pixel coordinates (1-indexed, ``origin='lower'``: row 1 at the
 bottom) so that catalogue ``X, Y`` plot where they are. Large images are shrunk by averaging
 ``f x f`` blocks of good pixels (flagged pixels left out; a block without one is blank) to at most
@@ -72,7 +75,8 @@ def _factor(shape: tuple[int, ...]) -> int:
 
 def robust_limits(image: np.ndarray, k: float = 5.0) -> tuple[float, float]:
     """``(median - k rstd, median + k rstd)`` of the finite values; (0, 1) when there are
-    none, and +-1 around a constant image."""
+    none. Without spread (rstd 0) the standard deviation stands in for rstd, and for a constant
+    image ``max(|median| / 1000, 1e-6)``, so that the limits always differ."""
     values = image[np.isfinite(image)]
     if values.size == 0:
         return 0.0, 1.0
@@ -86,7 +90,8 @@ def robust_limits(image: np.ndarray, k: float = 5.0) -> tuple[float, float]:
 
 def asinh_stretch(image: np.ndarray) -> np.ndarray:
     """Values in 0..1: ``asinh`` of ``(x - lo) / s`` scaled so ``hi`` maps to 1, with
-    ``lo = median - 2 rstd``, ``s = 3 rstd`` and ``hi`` the 99.7th percentile (NaN stays NaN)."""
+    ``lo = median - 2 rstd``, ``s = 3 rstd`` and ``hi`` the 99.7th percentile, but at least
+    ``median + 10 rstd`` (pure sky noise is not stretched to white); NaN stays NaN."""
     values = image[np.isfinite(image)]
     if values.size == 0:
         return np.full(image.shape, np.nan, dtype=np.float32)
@@ -172,7 +177,7 @@ def master_preview(
             ax.set_ylim(centre - span, centre + span)
         ax.set_title(f"median along each {'row' if axis.startswith('Y') else 'column'}",
                      fontsize=8)  # fmt: skip
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, parse_math=False)  # names, not TeX
     _save(fig, path)
 
 
@@ -210,7 +215,7 @@ def comparison_preview(path: Path, comparison: Comparison, title: str) -> None:
     else:
         _histogram(ax, comparison.image.ravel(), comparison.median, comparison.rstd,
                    comparison.unit)  # fmt: skip
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, parse_math=False)  # names, not TeX
     _save(fig, path)
 
 
@@ -265,6 +270,7 @@ def frame_thumbnail(
         rms = residuals.rms
         right.add_patch(Circle((0, 0), rms, fill=False, color="tab:red", lw=1))
         lim = max(float(np.max(np.abs(np.concatenate([residuals.dx, residuals.dy])))), rms) * 1.15
+        lim = lim if lim > 0 else 1.0  # all residuals exactly 0: still a readable plot
         right.set_xlim(-lim, lim)
         right.set_ylim(-lim, lim)
         right.set_aspect("equal")
@@ -278,8 +284,8 @@ def frame_thumbnail(
         right.axis("off")
         text = "no astrometric solution" + (f":\n{no_wcs_reason}" if no_wcs_reason else "")
         right.text(0.5, 0.5, _wrap(text, 60), ha="center", va="center", fontsize=9,
-                   transform=right.transAxes)  # fmt: skip
-    fig.suptitle(title, fontsize=11)
+                   parse_math=False, transform=right.transAxes)  # fmt: skip
+    fig.suptitle(title, fontsize=11, parse_math=False)  # names, not TeX
     _save(fig, path)
 
 
