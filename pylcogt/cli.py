@@ -49,7 +49,7 @@ environment (a CLI option overrides its variable):
                          (default: ./pylcogt-data)
   {CROSSTALK_FILE_ENV} Sinistro crosstalk table for frames without CRSTLKij
   {INDEX_DIR_ENV}      astrometry.net index files (default: /usr/share/astrometry;
-                         'none': no astrometry; see docs/astrometry.md)
+                         'none': no astrometry; see docs/astrometry.rst)
   {REFCAT_ENV}         reference catalogue file for zero points (default: the
                          catalogues loaded with `pylcogt refcat load`)
   {REFCAT_BRIGHT_ENV} reference stars brighter than this are not used (default 14.0;
@@ -437,7 +437,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                   f"{len(used['inputs'])} raw frames")  # fmt: skip
     unsolved = [r for r in report["reduced"] if (r.get("science") or {}).get("wcs") == "failed"]
     if unsolved:
-        hint = "Gaia 5200 or 2MASS 4100, --index-dir; docs/astrometry.md"
+        hint = "Gaia 5200 or 2MASS 4100, --index-dir; docs/astrometry.rst"
         print(f"astrometry: these fields need smaller-scale index files ({hint}); the README "
               "has a wide field that solves")  # fmt: skip
     print(f"quality-control page (open it in a browser): {report['qc_page']}")

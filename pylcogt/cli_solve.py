@@ -29,7 +29,7 @@ Inputs: this project's products (re-solve them when better index files arrive), 
 FITS image (first 2-D image HDU) whose header gives RA/DEC (degrees, or sexagesimal with RA in
 hours) and PIXSCALE (arcsec per pixel). Index files: --index-dir (default /usr/share/astrometry;
 real 0.3-1"/px Sinistro fields need the Gaia-based 5200 or 2MASS 4100 series, see
-docs/astrometry.md).
+docs/astrometry.rst).
 
 Exit status: 0 when every file was solved, 1 when any was not (or could not be read), 2 on a
 configuration error (astrometry.net or its index files missing)."""

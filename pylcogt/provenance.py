@@ -18,7 +18,7 @@ kept, compared and printed after the session is gone::
 With a URL or a sessionmaker the write functions commit their one transaction; with a Session
 they only flush and leave committing (or rolling back) to the caller, like :mod:`pylcogt.db.repo`.
 
-Provenance links (see ``docs/registry.md``): ``master_inputs`` holds the raw frames stacked into
+Provenance links (see ``docs/registry.rst``): ``master_inputs`` holds the raw frames stacked into
 each master; ``frame_calibrations`` the masters used, by role, to reduce a science frame *and* to
 prepare a calibration frame before it was stacked (a dark frame's bias, a flat frame's bias and
 dark). The mark-bad cascade follows both:

@@ -1,7 +1,7 @@
 """Robust statistics kernels: robust standard deviation, sigma-clipped mean, per-pixel stacking.
 
 Pure functions on arrays (no I/O). Conventions shared by every function here (the full rules and
-their reasons are in ``docs/statistics.md``):
+their reasons are in ``docs/statistics.rst``):
 
 - **Valid values.** A value counts only if it is finite and not masked (mask nonzero). For
   stacks an input value also needs a finite ERR value when ERR planes are given. Everything else

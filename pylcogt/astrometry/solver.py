@@ -10,7 +10,7 @@ the field counts as unsolved.
 
 Header cards written by :func:`wcs_cards` (besides the WCS itself, with a CD matrix):
 
-==========  ================================================================================
+============ ================================================================================
 ``ASTSTAT``  'solved' or 'failed'
 ``ASTREASN`` why it failed, or why the distortion order is lower than configured
 ``ASTINDEX`` the index file ``solve-field`` solved with
@@ -18,7 +18,7 @@ Header cards written by :func:`wcs_cards` (besides the WCS itself, with a CD mat
 ``WCSNMAT``  reference stars in the final fit
 ``WCSRMS``   rms distance of those stars from the fitted positions [arcsec]
 ``WCSSIPO``  SIP order of the WCS (0: plain TAN)
-==========  ================================================================================
+============ ================================================================================
 """
 
 from __future__ import annotations

@@ -6,10 +6,8 @@ output arrays. It does no file I/O itself: the sources do (``pylcogt.io.bands`` 
 and in-memory ones). Per-pixel semantics are those of :func:`~pylcogt.stats.clip_stack_band`; a
 pixel's result depends only on its own values, so the results are identical for any band height.
 
-Memory
-------
-The peak is estimated as the full-frame outputs plus, for one band of ``h`` rows, the input
-buffers, plus the kernel's and the readers' small scratch (:func:`estimate_peak_bytes`)::
+**Memory.** The peak is estimated as the full-frame outputs plus, for one band of ``h`` rows,
+the input buffers, plus the kernel's and the readers' small scratch (:func:`estimate_peak_bytes`)::
 
     outputs  = rows * cols * (4 mean + 4 err [if ERR planes] + 1 bpm + 2 n_kept)
     per row  = cols * N * (4 sci + 4 err [if ERR] + 1 bpm [if any BPM])

@@ -42,6 +42,7 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(database_url: str) -> Config:
+    """An alembic configuration for ``database_url`` using the migrations shipped with pylcogt."""
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["database_url"] = database_url
@@ -49,19 +50,23 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (default: the newest); ``pylcogt db upgrade``."""
     command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
+    """Migrate the database back to ``revision`` (``'base'``: empty); ``pylcogt db downgrade``."""
     command.downgrade(alembic_config(database_url), revision)
 
 
 def head_revision() -> str:
+    """The newest revision this pylcogt knows (what ``pylcogt db upgrade`` migrates to)."""
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return script.get_current_head()
 
 
 def current_revision(database_url: str) -> str | None:
+    """The database's revision; None for a database never migrated (empty)."""
     with get_engine(database_url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 

@@ -72,6 +72,10 @@ def utcnow() -> dt.datetime:
 
 
 class Base(DeclarativeBase):
+    """Declarative base of every registry table."""
+
+    #: The registry's tables, with the constraint naming convention (``pk_``, ``fk_``, ``uq_``,
+    #: ``ck_``, ``ix_``) that lets migrations address constraints by name.
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
@@ -92,6 +96,8 @@ class FrameState(str, enum.Enum):
 
 
 class CameraFamily(str, enum.Enum):
+    """Camera family of an instrument, from the ``INSTRUME`` prefix (:mod:`pylcogt.instruments`)."""
+
     SINISTRO = "sinistro"
     SBIG = "sbig"
     SPECTRAL = "spectral"

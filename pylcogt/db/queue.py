@@ -1012,6 +1012,7 @@ def frame_counts(engine: Engine) -> dict[str, int]:
 
 
 def masters_count(engine: Engine) -> int:
+    """How many masters the registry holds (good or bad): the worker's progress display."""
     with engine.connect() as conn:
         return conn.execute(
             select(sa.func.count()).select_from(MasterCalibration.__table__)

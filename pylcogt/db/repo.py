@@ -74,10 +74,12 @@ def get_or_create_instrument(session: Session, meta: FrameMetadata) -> Instrumen
 
 
 def frame_by_path(session: Session, path: str) -> RawFrame | None:
+    """The frame registered under ``path`` (absolute, as ingest stored it), or None."""
     return session.scalar(select(RawFrame).where(RawFrame.path == path))
 
 
 def frames_with_checksum(session: Session, checksum: str) -> Sequence[RawFrame]:
+    """Every frame whose file has this sha256 (copies of one file under several paths)."""
     return session.scalars(select(RawFrame).where(RawFrame.checksum == checksum)).all()
 
 

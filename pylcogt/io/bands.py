@@ -13,7 +13,7 @@ into the caller's buffers (``read_rows_into``), which saves a copy per band.
   data offset into the destination buffer and converted there (big-endian float32 is
   byte-swapped in place; integers are scaled with ``BZERO``/``BSCALE`` through a small scratch
   buffer; ``BLANK`` pixels become NaN). Measured against astropy's memmap (see
-  ``docs/statistics.md``): as fast, and the process's RSS does not grow with every page of every
+  ``docs/statistics.rst``): as fast, and the process's RSS does not grow with every page of every
   file touched. Tile-compressed (``.fz``) images go through astropy's ``CompImageHDU.section``,
   which decompresses only the tiles a band needs. Gzip-compressed files cannot be read by rows
   and are refused.

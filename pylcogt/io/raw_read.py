@@ -1,7 +1,7 @@
 """Read a raw LCO frame into a :class:`~pylcogt.frame.RawImage`, validating its header once.
 
-Formats
--------
+**Formats**
+
 - **Single image** (SBIG ``kb..``, Spectral ``fs..``): one image HDU, in the primary or (fpacked)
   in the first extension. One amplifier.
 - **Sinistro MEF** (``fa..``/``fl..``): header-only primary and four image extensions (``SCI``),
@@ -20,19 +20,18 @@ Formats
   divided by the binning (legacy headers wrote it in unbinned pixels) is divided.
 - ``.fits``, ``.fits.fz`` (tile-compressed) and ``.fits.gz``; recognised by content.
 
-Keyword precedence (``merged_lookup``: first non-blank value wins)
-----------------------------------------------------------------
+**Keyword precedence** (``merged_lookup``: first non-blank value wins)
+
 - Frame keywords (INSTRUME, SATURATE, RDNOISE, TRIMSEC, CCDSUM, CRSTLKij): the primary header,
   then the image headers in order.
 - Per-amplifier keywords (GAIN, BIASSEC, DATASEC, DETSEC, CCDSUM) of an MEF: the amplifier's own
   extension, then the primary. Real frames carry ``GAIN = 0.0`` and a whole-detector ``DATASEC``
   in the primary, so the extension must come first.
 
-Checks (each raises :class:`~pylcogt.errors.UnprocessableFrameError` with the file in the message
-and in ``path``, and the keyword in the message and in ``keyword``)
-------------------------------------------------------------------------------------------------
-The file's structure and the presence of all declared data (:func:`pylcogt.io.scan.scan_fits`
-for plain and fpacked files; gzip files are decompressed once in memory and checked against the
+**Checks** (each raises :class:`~pylcogt.errors.UnprocessableFrameError` with the file in the
+message and in ``path``, and the keyword in the message and in ``keyword``). The file's
+structure and the presence of all declared data (:func:`pylcogt.io.scan.scan_fits` for plain
+and fpacked files; gzip files are decompressed once in memory and checked against the
 sizes their headers declare): a truncated or corrupt file fails here. INSTRUME a known family;
 the amplifier count (4 for Sinistro, all of one raw shape); GAIN finite and > 0 for every
 amplifier; RDNOISE finite and >= 0; SATURATE >= 0 (0 or absent: the family default of
@@ -44,11 +43,10 @@ the ``crosstalk=`` matrix the caller passes from the instrument configuration, e
 (keyword ``CRSTLK``). Header coefficients win over the caller's matrix. ``I + C`` must be
 invertible.
 
-Pixels
-------
-Stored integers (uint16 as int16 + ``BZERO = 32768``) become float32 in one pass into arrays
-this function owns; there is no float64 copy of a frame. Pixels at or above the saturation level
-(raw ADU, bias included) get :attr:`PixelFlag.SATURATED` in each amplifier's ``bpm``.
+**Pixels.** Stored integers (uint16 as int16 + ``BZERO = 32768``) become float32 in one pass
+into arrays this function owns; there is no float64 copy of a frame. Pixels at or above the
+saturation level (raw ADU, bias included) get :attr:`PixelFlag.SATURATED` in each amplifier's
+``bpm``.
 """
 
 from __future__ import annotations

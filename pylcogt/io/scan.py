@@ -7,8 +7,8 @@ passes can be opened by astropy without a "file may have been truncated" surpris
 that fails raises :class:`~pylcogt.errors.UnprocessableFrameError` naming the file, the fault and
 what to do about it.
 
-Formats
--------
+**Formats**
+
 - Plain FITS (``.fits``, ``.fit``, ``.fts``) and tile-compressed FITS (``.fits.fz``, which is
   plain FITS structure: the compressed image is a BINTABLE with ``ZIMAGE = T`` whose heap is
   counted by ``PCOUNT``). Only header blocks are read; data is skipped with the file size.
@@ -20,8 +20,8 @@ Formats
 
 The format is recognised by content (gzip magic bytes), as astropy does, not by file name.
 
-Rules (decisions)
------------------
+**Rules (decisions)**
+
 - The declared data size is ``|BITPIX|/8 * GCOUNT * (PCOUNT + NAXIS1*...*NAXISn)`` (0 when
   ``NAXIS = 0``; ``NAXIS1`` is left out of the product for random groups), and the data *padded
   to a multiple of 2880 bytes* must be in the file, as the standard says and as astropy checks.

@@ -222,9 +222,10 @@ def calibrate_photometry(
 ) -> PhotometryResult:
     """Fit the zero point of one frame (see the module doc): ``catalog`` is its ``CAT`` table
     (RA/DEC filled by the astrometry), ``header`` its SCI header (``FILTER``, ``EXPTIME``,
-    ``ASTSTAT``), ``refstars`` the reference stars around the field (:func:`~pylcogt.photometry.
-    refcat.reference_stars_near`; an astropy Table is read with the recognised column names;
-    None: no catalogue here). Pure: nothing is read, written or modified."""
+    ``ASTSTAT``), ``refstars`` the reference stars around the field
+    (:func:`~pylcogt.photometry.refcat.reference_stars_near`; an astropy Table is read with the
+    recognised column names; None: no catalogue here). Pure: nothing is read, written or
+    modified."""
     config = config or PhotometryConfig()
     exptime = _exptime(header)
     filter_name = str(header.get("FILTER", "") or "").strip()

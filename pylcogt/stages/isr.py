@@ -1,8 +1,8 @@
 """Remove the instrument signature: raw amplifiers -> one trimmed frame in electrons.
 
 Each camera family's chain is a tuple of stage functions, run in order; a stage runs because it
-is in the chain. Saturation flags are set when the frame is read (:func:`pylcogt.io.raw_read.
-read_raw`); bias, dark and flat follow in their own stages.
+is in the chain. Saturation flags are set when the frame is read
+(:func:`pylcogt.io.raw_read.read_raw`); bias, dark and flat follow in their own stages.
 """
 
 from __future__ import annotations

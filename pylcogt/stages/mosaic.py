@@ -1,10 +1,11 @@
 """Put the amplifiers together into one :class:`~pylcogt.frame.Frame`.
 
-Sinistro: each amplifier's DATASEC goes where its DETSEC says (:func:`pylcogt.sections.
-mosaic_layout`): DETSEC is in unbinned detector pixels, offset by the smallest DETSEC start over
-the amplifiers (sub-frame modes such as ``central_2k_2x2`` start at 1025) and divided by CCDSUM;
-a DATASEC and DETSEC running in opposite directions flip that axis. Whatever lies outside DATASEC
-(serial and parallel overscan, the extra edge row of amplifiers 1 and 4) is dropped. Cards:
+Sinistro: each amplifier's DATASEC goes where its DETSEC says
+(:func:`pylcogt.sections.mosaic_layout`): DETSEC is in unbinned detector pixels, offset by the
+smallest DETSEC start over the amplifiers (sub-frame modes such as ``central_2k_2x2`` start at
+1025) and divided by CCDSUM; a DATASEC and DETSEC running in opposite directions flip that
+axis. Whatever lies outside DATASEC (serial and parallel overscan, the extra edge row of
+amplifiers 1 and 4) is dropped. Cards:
 ``DATASEC = '[1:nx,1:ny]'`` of the mosaic, the amplifiers' sections as ``DATASECn``,
 ``DETSECn``, ``BIASSECn``, and ``LTV1 = LTV2 = 0`` (mosaic pixel = detector-mosaic pixel, in
 which TRIMSEC is given).

@@ -8,7 +8,7 @@ array (one value, not row by row, as the pipeline notes say).
 Header cards (units: raw ADU, before the gain):
 
 - ``BIASLVL``: the level subtracted, ADU. For a multi-amplifier camera (Sinistro) also
-  ``BIASLVL1``..``BIASLVL4``, one per amplifier, and ``BIASLVL`` is their mean.
+  ``BIASLVL1`` .. ``BIASLVL4``, one per amplifier, and ``BIASLVL`` is their mean.
 - ``OVERSCAN = 'BIASSEC'`` and ``L1STATOV = 1`` when subtracted. An amplifier whose BIASSEC is
   ``UNKNOWN`` (SBIG) is left alone: ``OVERSCAN = 'none'``, ``L1STATOV = 0`` and no ``BIASLVL``
   (the bias level then comes from the master bias).
