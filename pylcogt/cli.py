@@ -441,6 +441,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"astrometry: these fields need smaller-scale index files ({hint}); the README "
               "has a wide field that solves")  # fmt: skip
     print(f"quality-control page (open it in a browser): {report['qc_page']}")
+    for error in report["qc_errors"]:
+        print(f"quality control: {error}")
     print("next: `pylcogt provenance FRAME`, `pylcogt calibrations list`, `pylcogt frames list`, "
           "`pylcogt qc NIGHT`")
     return 0

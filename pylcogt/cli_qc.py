@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pylcogt.config import Settings
+from pylcogt.errors import ConfigurationError
 
 __all__ = ["add_qc_command", "cmd_qc"]
 
@@ -31,8 +32,10 @@ them with their numbers, from what the registry holds:
 
 DIR/index.html is self-contained: inline style, no script, nothing from the network; the PNG
 files and qc.json (the same numbers, for scripts) sit beside it. Running it again rewrites the
-same files. Exit status: 0 when the page was written, 1 when some product could not be read (it
-is listed on the page), 2 for a usage or configuration error."""
+same files (and deletes its own pictures that the page no longer shows). Exit status: 0 when
+the page was written, 1 when some product could not be read (it is listed on the page), 2 for a
+usage or configuration error (an unknown camera, no registry at the URL, an unusable output
+directory), 3 when the database cannot be reached."""
 
 
 def add_qc_command(
@@ -41,15 +44,31 @@ def add_qc_command(
     """Add the ``qc`` subcommand with ``add(name, help, description)``; returns its handler."""
     del common
     p = add("qc", "quality-control pictures and an HTML page for one night", DESCRIPTION)
-    p.add_argument("night", metavar="NIGHT", help="the observing night, DAY-OBS: YYYYMMDD")
+    p.add_argument("night", metavar="NIGHT",
+                   help="the observing night, DAY-OBS: YYYYMMDD (or YYYY-MM-DD)")
     p.add_argument("--instrument", metavar="CAM",
                    help="only this camera (INSTRUME, e.g. fa03); default: every camera")
     p.add_argument("--output", metavar="DIR",
                    help="directory for index.html, qc.json and the PNG files (created; "
                         "default: ./qc-NIGHT)")  # fmt: skip
     p.add_argument("--json", action="store_true",
-                   help="print the page's numbers as one JSON object (the content of qc.json)")
+                   help="print the page's numbers as one JSON object (the content of qc.json; "
+                        "the files are written as well)")
     return cmd_qc
+
+
+def _require_registry(url: str) -> None:
+    """A read-only command must not create an empty SQLite registry from a mistyped URL."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    on_disk = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if on_disk and not Path(database).exists():
+        raise ConfigurationError(
+            f"there is no registry at {database}: check --database-url (or "
+            f"PYLCOGT_DATABASE_URL); `pylcogt qc` reads an existing registry"
+        )
 
 
 def cmd_qc(args: argparse.Namespace, settings: Settings) -> int:
@@ -62,6 +81,12 @@ def cmd_qc(args: argparse.Namespace, settings: Settings) -> int:
         print(f"pylcogt qc: error: {exc}", file=sys.stderr)
         return 2
     output = Path(args.output or f"qc-{night:%Y%m%d}").resolve()
+    _require_registry(settings.database_url)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"pylcogt qc: error: cannot use {output} for the page: {exc}", file=sys.stderr)
+        return 2
     show, done = _stderr_progress(not args.quiet)
     maker = _maker(settings)
     with maker() as session:

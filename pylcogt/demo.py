@@ -105,6 +105,7 @@ def run_demo(
         ],  # fmt: skip
         "failures": failures,
         "qc_page": str(qc.page.resolve()),
+        "qc_errors": qc.errors,
         "provenance": provenance.to_dict(provenance.provenance(maker, example))
         if example
         else None,

@@ -98,9 +98,6 @@ class NightInventory:
     cameras: list[str] = field(default_factory=list)
 
 
-_MASTER_OBSTYPE_OF_RAW = {"BIAS": "BIAS", "DARK": "DARK", "SKYFLAT": "SKYFLAT"}
-
-
 def _previous(session: Session, master: MasterCalibration) -> MasterCalibration | None:
     return session.scalar(
         select(MasterCalibration)
@@ -144,7 +141,8 @@ def _left_out(session: Session, master: MasterCalibration) -> tuple[LeftOut, ...
         if frame.last_error:
             reason = frame.last_error
         elif frame.state in (FrameState.PENDING, FrameState.READY, FrameState.PROCESSING):
-            reason = "not processed when the master was built (arrived later?)"
+            reason = ("not processed when the master was built (arrived later?), or left out "
+                      "by `pylcogt stack` (its output said why)")
         else:
             reason = "not in this master"
         out.append(LeftOut(frame.id, frame.filename, frame.state.value, reason))

@@ -35,6 +35,7 @@ __all__ = [
     "Comparison",
     "Residuals",
     "good_pixels",
+    "flag_counts",
     "image_stats",
     "compare_masters",
     "profiles",
@@ -72,13 +73,17 @@ class ImageStats:
         return asdict(self)
 
 
+def flag_counts(bpm: np.ndarray) -> dict[str, int]:
+    """Pixels carrying each :class:`~pylcogt.frame.PixelFlag` bit (a pixel may count twice)."""
+    return {flag.name.lower(): int(np.count_nonzero(bpm & np.uint8(flag))) for flag in PixelFlag}
+
+
 def image_stats(frame: Frame) -> ImageStats:
     """:class:`ImageStats` of ``frame`` (clipped mean at 3.5 rstd, one pass, as the notes'
     per-image levels)."""
     good = good_pixels(frame)
     values = frame.sci[good]
-    flagged = {flag.name.lower(): int(np.count_nonzero(frame.bpm & np.uint8(flag)))
-               for flag in PixelFlag}  # fmt: skip
+    flagged = flag_counts(frame.bpm)
     median_err = math.nan
     if frame.err is not None and values.size:
         median_err = float(np.median(frame.err[good]))
@@ -111,9 +116,10 @@ class Comparison:
     ``mode`` is 'difference' (``current - previous``, bias and dark, in ``unit``) or 'ratio'
     (``current / previous``, flats). ``median`` and ``rstd`` are those of that image over the
     pixels good in both; ``z_rstd`` the rstd of the difference over its expected noise
-    (NaN without ERR); ``changed`` counts pixels whose difference exceeds :data:`OUTLIER_RSTD`
-    times the expected noise (or rstd, without ERR). ``image`` is the compared image (NaN where
-    either is flagged); ``z`` the normalised difference (None without ERR).
+    (NaN without ERR); ``changed`` counts pixels whose difference is further than
+    :data:`OUTLIER_RSTD` times the expected noise (or rstd, without ERR) from the median
+    difference: local changes, not a change of the overall level. ``image`` is the compared
+    image (NaN where either is flagged); ``z`` the normalised difference (None without ERR).
     """
 
     mode: str
@@ -184,10 +190,13 @@ def compare_masters(current: Frame, previous: Frame, obstype: str) -> Comparison
     median, rstd = _median_rstd(image[good])
     z_rstd = math.nan
     if z is not None:
-        finite = np.isfinite(z)
-        z_values = z[finite]
-        changed = int(np.count_nonzero(np.abs(z_values) > OUTLIER_RSTD))
-        if z_values.size:
+        z_values = z[np.isfinite(z)]
+        changed = 0
+        if z_values.size:  # beyond 5 sigma of the typical (median) change: a uniform shift of
+            # a dark's level or a flat's ratio is in the median, not in every pixel
+            z_median = float(np.median(z_values))
+            changed = int(np.count_nonzero(np.abs(z_values - np.float32(z_median))
+                                           > OUTLIER_RSTD))  # fmt: skip
             z_rstd = _median_rstd(z_values)[1]
     else:
         changed = int(np.count_nonzero(np.abs(image[good] - median) > OUTLIER_RSTD * rstd))
@@ -228,15 +237,18 @@ class Residuals:
 
 
 def astrometric_residuals(catalog: Table, header) -> Residuals | None:
-    """Residuals of the stars that entered the WCS fit (rows with a finite ``REF_RA``), or
-    None when the product has no solved WCS or the catalogue no ``REF_RA`` column."""
-    if header.get("ASTSTAT") != "solved" or "REF_RA" not in catalog.colnames:
+    """Residuals of the stars that entered the WCS fit (rows with finite ``REF_RA``,
+    ``REF_DEC``, ``X`` and ``Y``), or None when the product has no solved WCS or the catalogue
+    lacks one of those columns."""
+    columns = {"X", "Y", "REF_RA", "REF_DEC"}
+    if header.get("ASTSTAT") != "solved" or not columns <= set(catalog.colnames):
         return None
     ref_ra = np.asarray(catalog["REF_RA"], dtype=np.float64)
     ref_dec = np.asarray(catalog["REF_DEC"], dtype=np.float64)
-    rows = np.isfinite(ref_ra) & np.isfinite(ref_dec)
-    x = np.asarray(catalog["X"], dtype=np.float64)[rows]
-    y = np.asarray(catalog["Y"], dtype=np.float64)[rows]
+    x = np.asarray(catalog["X"], dtype=np.float64)
+    y = np.asarray(catalog["Y"], dtype=np.float64)
+    rows = np.isfinite(ref_ra) & np.isfinite(ref_dec) & np.isfinite(x) & np.isfinite(y)
+    x, y = x[rows], y[rows]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(header, naxis=2)

@@ -12,6 +12,7 @@ report), not the end of the run. Running it again rewrites the same files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -57,7 +58,9 @@ SCIENCE_CARDS = {
     "dark": "L1IDDARK",
     "flat": "L1IDFLAT",
 }
-_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError)
+_SOURCE_COLUMNS = ("X", "Y", "A", "B", "THETA", "FLAG")
+#: The file names this module writes (others in the output directory are left alone).
+_OWN_PICTURE = re.compile(r"^(master|frame)-\d+-.*\.png$")
 
 
 @dataclass
@@ -115,7 +118,7 @@ def master_inputs(header) -> list[dict]:
     return inputs
 
 
-def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
+def _master_record(entry: MasterEntry) -> dict:
     record = {
         "id": entry.id,
         "label": entry.label,
@@ -144,18 +147,17 @@ def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
     if entry.previous_id is not None:
         record["previous"] = {"id": entry.previous_id, "dayobs": entry.previous_dayobs,
                               "file": Path(entry.previous_path or "").name}  # fmt: skip
-    try:
-        frame = read_product(Path(entry.path))
-    except _READ_ERRORS as exc:
-        record["error"] = f"cannot read {entry.path}: {exc}"
-        errors.append(record["error"])
-        return record
+    return record
+
+
+def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
+    record = _master_record(entry)
+    frame = read_product(Path(entry.path))
     mask_master = entry.obstype == "BPM"
     shown = _mask_frame(frame) if mask_master else frame
     stats = metrics.image_stats(shown)
-    if mask_master:
-        stats = metrics.ImageStats(**{**stats.as_dict(), "flagged": metrics.image_stats(
-            frame).flagged})  # fmt: skip
+    if mask_master:  # the mask's own bits, not those of its 0/1 picture
+        stats = dataclasses.replace(stats, flagged=metrics.flag_counts(frame.bpm))
     record["stats"] = stats.as_dict()
     for key in ("BIASLVL", "STACKK"):
         if key in frame.header:
@@ -173,8 +175,9 @@ def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
         return record
     try:
         previous = read_product(Path(entry.previous_path))
-    except _READ_ERRORS as exc:
-        record["comparison_note"] = f"cannot read the previous master {entry.previous_path}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: said on the page
+        record["comparison_note"] = (f"cannot read the previous master {entry.previous_path}: "
+                                     f"{_describe(exc)}")  # fmt: skip
         errors.append(record["comparison_note"])
         return record
     try:
@@ -194,8 +197,8 @@ def _master_entry(entry: MasterEntry, out: Path, errors: list[str]) -> dict:
     return record
 
 
-def _frame_entry(entry: FrameEntry, out: Path, errors: list[str]) -> dict:
-    record = {
+def _frame_record(entry: FrameEntry) -> dict:
+    return {
         "id": entry.id,
         "file": entry.filename,
         "camera": entry.camera,
@@ -209,12 +212,12 @@ def _frame_entry(entry: FrameEntry, out: Path, errors: list[str]) -> dict:
         "images": {},
         "error": None,
     }
-    try:
-        frame = read_product(Path(entry.product_path or ""))
-    except _READ_ERRORS as exc:
-        record["error"] = f"cannot read {entry.product_path}: {exc}"
-        errors.append(record["error"])
-        return record
+
+
+def _frame_entry(entry: FrameEntry, out: Path, errors: list[str]) -> dict:
+    del errors
+    record = _frame_record(entry)
+    frame = read_product(Path(entry.product_path or ""))
     header = frame.header
     for key, card in SCIENCE_CARDS.items():
         record[key] = header.get(card)
@@ -225,9 +228,9 @@ def _frame_entry(entry: FrameEntry, out: Path, errors: list[str]) -> dict:
     record["residual_rms_arcsec"] = residuals.rms if residuals is not None else None
     record["residual_n"] = residuals.n if residuals is not None else 0
     sources = None
-    if catalog is not None:
-        sources = {k: np.asarray(catalog[k]) for k in ("X", "Y", "A", "B", "THETA", "FLAG")}
-    name = f"frame-{entry.id}-{_safe(entry.filename.split('.')[0])}.png"
+    if catalog is not None and set(_SOURCE_COLUMNS) <= set(catalog.colnames):
+        sources = {k: np.asarray(catalog[k]) for k in _SOURCE_COLUMNS}
+    name = f"frame-{entry.id}-{_safe(entry.filename.split('.')[0])[:80]}.png"
     good = metrics.good_pixels(frame)
     reason = str(header.get("ASTREASN", "")) if header.get("ASTSTAT") != "solved" else ""
     title = (f"{entry.filename}: {entry.object_name or '?'}, {entry.filter_name}, "
@@ -236,6 +239,40 @@ def _frame_entry(entry: FrameEntry, out: Path, errors: list[str]) -> dict:
                            no_wcs_reason=reason)  # fmt: skip
     record["images"]["thumbnail"] = name
     return record
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _guarded(make, entry, out: Path, errors: list[str], path: str | None, what: str) -> dict:
+    """``make(entry, out, errors)``; if anything goes wrong with this one entry (a missing,
+    truncated or foreign file, a catalogue without the usual columns, a WCS astropy cannot
+    parse), the entry records the error and the night goes on."""
+    try:
+        return make(entry, out, errors)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not end the night's page
+        log.warning("qc: %s %s: %s", what, path, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        message = f"cannot read {path}: {_describe(exc)}"
+        errors.append(message)
+        return {**_bare_record(entry), "error": message}
+
+
+def _bare_record(entry) -> dict:
+    if isinstance(entry, MasterEntry):
+        return _master_record(entry)
+    return _frame_record(entry)
+
+
+def _remove_stale_pictures(output: Path, data: dict) -> None:
+    """Delete pictures of an earlier run that this run's page no longer shows (a master since
+    deleted or without a previous one): only names this module writes."""
+    entries = [*data["masters"], *data["frames"]]
+    named = {name for entry in entries for name in entry["images"].values()}
+    for path in output.iterdir():
+        if _OWN_PICTURE.match(path.name) and path.name not in named:
+            path.unlink(missing_ok=True)
 
 
 def night_report(
@@ -247,10 +284,17 @@ def night_report(
     database: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> NightReport:
-    """Write the night's pictures, ``index.html`` and ``qc.json`` into ``output`` (created)."""
+    """Write the night's pictures, ``index.html`` and ``qc.json`` into ``output`` (created).
+
+    Reads the registry first and then ends ``session``'s transaction (this is read-only); the
+    pictures are drawn from the files afterwards. Pictures of an earlier run that the page no
+    longer shows are deleted."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     inventory = night_inventory(session, night, camera)
+    # what follows reads files only: end the read transaction now (PostgreSQL would otherwise
+    # hold a snapshot and its locks, "idle in transaction", while the pictures are drawn)
+    session.rollback()
     errors: list[str] = []
     total = len(inventory.masters) + sum(1 for f in inventory.frames if f.product_path)
     done = 0
@@ -263,7 +307,7 @@ def night_report(
 
     masters = []
     for entry in inventory.masters:
-        masters.append(_master_entry(entry, output, errors))
+        masters.append(_guarded(_master_entry, entry, output, errors, entry.path, "master"))
         step(f"master {entry.id} {entry.label}")
     frames, not_reduced = [], []
     for entry in inventory.frames:
@@ -271,7 +315,8 @@ def night_report(
             not_reduced.append({"id": entry.id, "file": entry.filename, "camera": entry.camera,
                                 "state": entry.state, "reason": entry.reason})  # fmt: skip
             continue
-        frames.append(_frame_entry(entry, output, errors))
+        frames.append(_guarded(_frame_entry, entry, output, errors, entry.product_path,
+                               "product"))  # fmt: skip
         step(f"frame {entry.filename}")
     solved = [f for f in frames if f.get("wcs") == "solved"]
     zps = [f for f in frames if f.get("zeropoint") is not None]
@@ -286,7 +331,7 @@ def night_report(
         "summary": {
             "masters": len(masters),
             "masters_bad": sum(1 for m in masters if m["is_bad"]),
-            "frames_left_out_of_masters": sum(len(m["left_out"]) for m in masters),
+            "frames_left_out_of_masters": len({f["id"] for m in masters for f in m["left_out"]}),
             "frames_reduced": len(frames),
             "frames_not_reduced": len(not_reduced),
             "frames_solved": len(solved),
@@ -302,4 +347,5 @@ def night_report(
     (output / ".qc.json.tmp").write_text(json.dumps(data, indent=1) + "\n")
     (output / ".qc.json.tmp").replace(output / "qc.json")
     page = write_page(output / "index.html", data)
+    _remove_stale_pictures(output, data)
     return NightReport(output=output, page=page, data=data, errors=errors)

@@ -51,22 +51,24 @@ _BIN_NOTE = "shown {f}x{f}-binned"
 
 def block_mean(image: np.ndarray, good: np.ndarray | None, factor: int) -> np.ndarray:
     """Mean of each ``factor x factor`` block over its good pixels (NaN when none); the last
-    row/column of blocks may be partial. ``factor`` 1 returns a float32 copy with NaN where
-    not good."""
+    row/column of blocks may be partial, so the result is ``ceil(shape / factor)`` and covers
+    ``ceil(shape / factor) * factor`` pixels. ``factor`` 1 returns a float32 copy with NaN where
+    not good. float32 sums (at most ``factor**2`` values: plenty for a picture)."""
     data = np.asarray(image, dtype=np.float32)
     valid = np.isfinite(data) if good is None else (good & np.isfinite(data))
     if factor <= 1:
         return np.where(valid, data, np.float32(np.nan))
     ny, nx = data.shape
     by, bx = -(-ny // factor), -(-nx // factor)
-    total = np.zeros((by * factor, bx * factor), dtype=np.float64)
-    count = np.zeros((by * factor, bx * factor), dtype=np.float64)
-    total[:ny, :nx] = np.where(valid, data, 0.0)
-    count[:ny, :nx] = valid
-    total = total.reshape(by, factor, bx, factor).sum(axis=(1, 3))
-    count = count.reshape(by, factor, bx, factor).sum(axis=(1, 3))
+    values = np.where(valid, data, np.float32(0))
+    weights = valid.astype(np.float32)
+    if (by * factor, bx * factor) != (ny, nx):  # pad the partial blocks with empty pixels
+        pad = ((0, by * factor - ny), (0, bx * factor - nx))
+        values, weights = np.pad(values, pad), np.pad(weights, pad)
+    total = values.reshape(by, factor, bx, factor).sum(axis=(1, 3), dtype=np.float32)
+    count = weights.reshape(by, factor, bx, factor).sum(axis=(1, 3), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+        return np.where(count > 0, total / count, np.float32(np.nan)).astype(np.float32)
 
 
 def _factor(shape: tuple[int, ...]) -> int:
@@ -116,8 +118,13 @@ def _save(fig: Figure, path: Path) -> None:
 
 def _show_image(ax, shown: np.ndarray, factor: int, shape, norm, cmap="gray"):
     ny, nx = shape
+    # each shown pixel is a block of factor x factor image pixels, the last ones partly beyond
+    # the image: the extent is that of the blocks, the axes that of the image
     image = ax.imshow(shown, origin="lower", cmap=cmap, norm=norm, interpolation="nearest",
-                      extent=(0.5, nx + 0.5, 0.5, ny + 0.5))  # fmt: skip
+                      extent=(0.5, shown.shape[1] * factor + 0.5, 0.5,
+                              shown.shape[0] * factor + 0.5))  # fmt: skip
+    ax.set_xlim(0.5, nx + 0.5)
+    ax.set_ylim(0.5, ny + 0.5)
     ax.set_xlabel("X (pixels, 1-indexed)")
     ax.set_ylabel("Y")
     if factor > 1:

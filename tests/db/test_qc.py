@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -292,3 +293,66 @@ def test_report_is_idempotent(night: Night) -> None:
     strip = lambda d: {k: v for k, v in d.items() if k != "generated_at"}  # noqa: E731
     assert strip(first.data) == strip(second.data)
     assert first.data["cameras"] == ["fa03"]
+
+
+def _add_product(night: Night, name: str, product: Path) -> int:
+    with get_sessionmaker(night.url)() as s:
+        fa03 = s.scalar(sa.select(Instrument.id).where(Instrument.camera == "fa03"))
+        frame_id = _raw(s, name, fa03, NIGHT, "EXPOSE", FrameState.DONE, filter_name="rp",
+                        product=product).id  # fmt: skip
+        s.commit()
+    return frame_id
+
+
+def test_a_damaged_product_is_an_error_entry_and_the_night_goes_on(night: Night) -> None:
+    root = night.root / "files"
+    # a catalogue cut short on disk (the image before it is intact)
+    truncated = root / "sci-truncated.fits.fz"
+    _science(truncated)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) - 2000])
+    # a catalogue without the shape columns: a thumbnail without ellipses, not an error
+    frame, catalog = _science(root / "tmp.fits.fz")
+    bare = root / "sci-bare.fits.fz"
+    write_product(bare, frame, catalog=catalog["X", "Y", "RA", "DEC"])
+    # "solved" with a WCS astropy cannot parse
+    broken = root / "sci-badwcs.fits.fz"
+    header = frame.header.copy()
+    header["CTYPE1"] = "RA---XYZ"
+    header["CTYPE2"] = "RA---XYZ"
+    write_product(broken, Frame(sci=frame.sci, err=frame.err, bpm=frame.bpm, header=header,
+                                unit="electron"), catalog=catalog)  # fmt: skip
+    ids = {name: _add_product(night, name, path) for name, path in
+           (("e-trunc", truncated), ("e-bare", bare), ("e-badwcs", broken))}  # fmt: skip
+    with get_sessionmaker(night.url)() as s:
+        report = night_report(s, NIGHT, night.root / "qc")
+        assert not s.in_transaction()  # the registry is not held while pictures are drawn
+    frames = {f["id"]: f for f in report.data["frames"]}
+    assert frames[ids["e-trunc"]]["error"] and "sci-truncated" in frames[ids["e-trunc"]]["error"]
+    assert frames[ids["e-badwcs"]]["error"] and "sci-badwcs" in frames[ids["e-badwcs"]]["error"]
+    assert frames[ids["e-bare"]]["error"] is None and frames[ids["e-bare"]]["images"]
+    assert frames[ids["e-bare"]]["residual_n"] == 0  # no REF_RA column: nothing to recompute
+    assert frames[night.ids["science"]]["images"]  # the good frame is still drawn
+    assert len(report.errors) == 3  # the two products and the lost dark master
+    # a frame left out of a bad master and of its rebuild is counted once
+    assert report.data["summary"]["frames_left_out_of_masters"] == 4
+
+
+def test_pictures_no_longer_on_the_page_are_removed(night: Night) -> None:
+    out = night.root / "qc"
+    (out).mkdir()
+    (out / "notes.png").write_bytes(b"not ours")
+    with get_sessionmaker(night.url)() as s:
+        first = night_report(s, NIGHT, out)
+        gone = night.ids["fa04_bias"]
+        pictures = {n for m in first.data["masters"] if m["id"] == gone
+                    for n in m["images"].values()}  # fmt: skip
+        assert pictures and all((out / n).exists() for n in pictures)
+        s.execute(sa.delete(MasterCalibration).where(MasterCalibration.id == gone))
+        s.commit()
+        second = night_report(s, NIGHT, out)
+    assert gone not in {m["id"] for m in second.data["masters"]}
+    assert not any((out / n).exists() for n in pictures)
+    assert (out / "notes.png").exists()  # not a name qc writes: left alone
+    for entry in [*second.data["masters"], *second.data["frames"]]:
+        assert all((out / n).exists() for n in entry["images"].values())

@@ -144,6 +144,14 @@ def test_usage_errors(nights: dict) -> None:
     assert out.returncode == 2 and "no instrument 'zz99'" in out.stderr and "kb95" in out.stderr
     out = run("qc", "28/11/2026", *config, cwd=root, check=False)
     assert out.returncode == 2 and "YYYYMMDD" in out.stderr
+    # a mistyped registry URL is an error, and creates no empty registry
+    typo = root / "registy.db"
+    out = run("qc", "20261128", "--database-url", f"sqlite:///{typo}", cwd=root, check=False)
+    assert out.returncode == 2 and "no registry at" in out.stderr and not typo.exists()
+    # an output path that is a file
+    (root / "a-file").write_text("x")
+    out = run("qc", "20261128", "--output", str(root / "a-file"), *config, cwd=root, check=False)
+    assert out.returncode == 2 and "cannot use" in out.stderr
     # a night with nothing: a page that says so, exit 0
     out = run("qc", "20200101", "--output", str(root / "empty"), *config, cwd=root)
     assert "nothing is registered for night 20200101" in out.stdout
