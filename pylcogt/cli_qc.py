@@ -28,6 +28,8 @@ them with their numbers, from what the registry holds:
   each reduced science frame    thumbnail with the detected sources and the astrometric
                                 residual vectors, the residuals on the sky; sources, FWHM, sky,
                                 cosmic-ray pixels, WCS status and rms, zero point
+  the whole night               FWHM, sky, zero point and WCS rms of every reduced frame
+                                against time (night-trends.png)
   science frames not reduced    their state and why
 
 DIR/index.html is self-contained: inline style, no script, nothing from the network; the PNG

@@ -60,7 +60,8 @@ SCIENCE_CARDS = {
 }
 _SOURCE_COLUMNS = ("X", "Y", "A", "B", "THETA", "FLAG")
 #: The file names this module writes (others in the output directory are left alone).
-_OWN_PICTURE = re.compile(r"^(master|frame)-\d+-.*\.png$")
+_OWN_PICTURE = re.compile(r"^((master|frame)-\d+-.*|night-trends)\.png$")
+_TRENDS = "night-trends.png"
 
 
 @dataclass
@@ -268,7 +269,7 @@ def _bare_record(entry) -> dict:
 def _remove_stale_pictures(output: Path, data: dict) -> None:
     """Delete pictures of an earlier run that this run's page no longer shows (a master since
     deleted or without a previous one): only names this module writes."""
-    entries = [*data["masters"], *data["frames"]]
+    entries = [*data["masters"], *data["frames"], data]
     named = {name for entry in entries for name in entry["images"].values()}
     for path in output.iterdir():
         if _OWN_PICTURE.match(path.name) and path.name not in named:
@@ -318,6 +319,12 @@ def night_report(
         frames.append(_guarded(_frame_entry, entry, output, errors, entry.product_path,
                                "product"))  # fmt: skip
         step(f"frame {entry.filename}")
+    images = {}
+    drawable = [f for f in frames if not f["error"]]
+    if drawable:
+        title = f"night {night:%Y%m%d}: the reduced frames' seeing, sky, zero point and WCS rms"
+        render.night_trends(output / _TRENDS, _clean(drawable), title)
+        images["trends"] = _TRENDS
     solved = [f for f in frames if f.get("wcs") == "solved"]
     zps = [f for f in frames if f.get("zeropoint") is not None]
     data = {
@@ -338,6 +345,7 @@ def night_report(
             "frames_with_zeropoint": len(zps),
             "errors": len(errors),
         },
+        "images": images,
         "masters": masters,
         "frames": frames,
         "not_reduced": not_reduced,

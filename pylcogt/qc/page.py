@@ -227,6 +227,11 @@ def render_page(data: dict) -> str:
     else:
         parts.append("<p>No master was made this night.</p>")
     parts.append("<h2>Science frames</h2>")
+    trends = data.get("images", {}).get("trends")
+    if trends:
+        parts.append('<p class="small">The night at a glance: FWHM, sky, zero point and WCS rms '
+                     "of every reduced frame against its DATE-OBS.</p>")  # fmt: skip
+        parts.append(_img(trends, "trends of the night", "preview"))
     if data["frames"]:
         parts.append(_frames_section(data["frames"]))
     else:

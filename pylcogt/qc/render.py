@@ -16,6 +16,7 @@ an ``asinh`` stretch from ``median - 2 rstd`` up to the 99.7th percentile for sc
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import textwrap
 import warnings
@@ -25,6 +26,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import EllipseCollection
 from matplotlib.colors import Normalize
+from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
@@ -40,6 +42,8 @@ __all__ = [
     "master_preview",
     "comparison_preview",
     "frame_thumbnail",
+    "night_trends",
+    "TREND_PANELS",
 ]
 
 #: Longest side of a shown image, in screen pixels (before the figure's own margins).
@@ -164,7 +168,7 @@ def master_preview(
     factor = _factor(sci.shape)
     shown = block_mean(sci, good, factor)
     fig = Figure(figsize=(12, 8.5))
-    grid = fig.add_gridspec(2, 2, width_ratios=(1.1, 1), hspace=0.3, wspace=0.25)
+    grid = fig.add_gridspec(2, 2, width_ratios=(1.1, 1), hspace=0.3, wspace=0.38)
     ax = fig.add_subplot(grid[0, 0])
     lo, hi = robust_limits(shown)
     image = _show_image(ax, shown, factor, sci.shape, Normalize(lo, hi))
@@ -195,7 +199,7 @@ def comparison_preview(path: Path, comparison: Comparison, title: str) -> None:
     factor = _factor(image.shape)
     shown = block_mean(image, np.isfinite(image), factor)
     fig = Figure(figsize=(12, 4.8))
-    grid = fig.add_gridspec(1, 2, width_ratios=(1.1, 1), wspace=0.25)
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.1, 1), wspace=0.38)
     ax = fig.add_subplot(grid[0, 0])
     lo, hi = robust_limits(shown)
     shown_img = _show_image(ax, shown, factor, image.shape, Normalize(lo, hi), cmap="RdBu_r")
@@ -298,3 +302,53 @@ def frame_thumbnail(
 
 def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.fill(part, width) for part in text.split("\n"))
+
+
+#: The quantities of :func:`night_trends`: report key, axis label.
+TREND_PANELS = (
+    ("fwhm_arcsec", "FWHM (arcsec)"),
+    ("background", "sky (e-/pixel)"),
+    ("zeropoint", "zero point L1ZP (mag)"),
+    ("wcs_rms_arcsec", "WCS rms (arcsec)"),
+)
+
+
+def night_trends(path: Path, frames: list[dict], title: str) -> int:
+    """The night at a glance: FWHM, sky, zero point and WCS rms of the reduced frames against
+    their DATE-OBS (UTC), one marker colour per camera and filter. ``frames``: records with
+    ``dateobs`` (ISO text or datetime), ``camera``, ``filter`` and the keys of
+    :data:`TREND_PANELS` (None when unknown). Returns the number of frames drawn."""
+    def when(value):
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+    rows = [f for f in frames if f.get("dateobs")]
+    fig = Figure(figsize=(12, 7.5))
+    axes = fig.subplots(len(TREND_PANELS), 1, sharex=True)
+    groups = sorted({(f["camera"], f["filter"]) for f in rows})
+    for (camera, filter_name), marker in zip(groups, "osD^v<>ph*" * 10, strict=False):
+        members = [f for f in rows if (f["camera"], f["filter"]) == (camera, filter_name)]
+        for ax, (key, _label) in zip(axes, TREND_PANELS, strict=True):
+            points = [(when(f["dateobs"]), f[key]) for f in members
+                      if isinstance(f.get(key), (int, float)) and math.isfinite(f[key])]
+            if points:
+                x, y = zip(*points, strict=True)
+                ax.plot(x, y, marker, ms=4, ls="none", label=f"{camera} {filter_name}".strip())
+    for ax, (_key, label) in zip(axes, TREND_PANELS, strict=True):
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "none measured", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=8, color="0.5")  # fmt: skip
+    handles = [line for ax in axes for line in ax.lines]
+    if handles:
+        seen, unique = set(), []
+        for line in handles:
+            if line.get_label() not in seen:
+                seen.add(line.get_label())
+                unique.append(line)
+        axes[0].legend(unique, [u.get_label() for u in unique], fontsize=7, loc="upper right")
+    axes[-1].set_xlabel("DATE-OBS (UTC)")
+    axes[-1].xaxis.set_major_formatter(DateFormatter("%H:%M"))
+    fig.suptitle(title, fontsize=11, parse_math=False)
+    _save(fig, path)
+    return len(rows)

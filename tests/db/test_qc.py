@@ -274,6 +274,7 @@ def test_report_numbers_follow_the_files(night: Night) -> None:
     names = [n for m in data["masters"] for n in m["images"].values()]
     names += [n for f in data["frames"] for n in f["images"].values()]
     assert len(names) == 4 + 2 + 1  # previews: all but the lost dark; comparisons: bias, flat
+    names.append(data["images"]["trends"])
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{name}"' in page

@@ -53,6 +53,8 @@ def test_page_loads_in_a_real_browser_with_every_image_and_no_network(nights: di
     data = nights["data"]
     named = {n for m in data["masters"] for n in m["images"].values()}
     named |= {n for f in data["frames"] for n in f["images"].values()}
+    named |= set(data["images"].values())  # the night's trends
+    assert data["images"] == {"trends": "night-trends.png"}
     shown = {Path(img.src).name: img for img in report.images}
     assert named == set(shown)
     for name, img in shown.items():

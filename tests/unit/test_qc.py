@@ -1108,3 +1108,19 @@ def test_fmt_four_significant_digits():
         mantissa = s.split("e")[0].lstrip("-").replace(".", "").lstrip("0")
         assert len(mantissa.rstrip("0") or "0") <= 4, s
     assert page.fmt(3.14159, digits=2) == "3.1"
+
+
+def test_night_trends_draws_every_frame_with_a_time_and_tolerates_missing_numbers(tmp_path):
+    frames = [
+        {"dateobs": f"2026-11-29T0{h}:10:00", "camera": "fa03", "filter": f,
+         "fwhm_arcsec": 1.5 + h / 10, "background": 200.0 + h, "zeropoint": None,
+         "wcs_rms_arcsec": float("nan") if h == 2 else 0.2}
+        for h, f in ((1, "rp"), (2, "V"), (3, "rp"))
+    ]
+    frames.append({"dateobs": None, "camera": "fa03", "filter": "rp", "fwhm_arcsec": 9.9,
+                   "background": 1.0, "zeropoint": 23.0, "wcs_rms_arcsec": 0.1})
+    path = tmp_path / "night-trends.png"
+    assert render.night_trends(path, frames, "night $x$ trends") == 3  # the one without a time
+    image = imread(path)
+    assert image.shape[:2] == (round(7.5 * render.DPI), 12 * render.DPI)
+    assert float(np.std(image)) > 0
