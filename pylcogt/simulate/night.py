@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ from pylcogt.simulate.tycho import DEFAULT_INDEX_DIR, index_files, query_tycho2
 
 __all__ = ["SimulatedNight", "simulate_night", "STAR_SOURCES", "DEFAULT_DAYOBS"]
 
+DETECTOR_SEED = 20261128  # with the camera's name: the seed of its detector model
 DEFAULT_DAYOBS = "20261128"  # the night simulated when none is given (DAY-OBS, YYYYMMDD)
 STARS_PER_FRAME = 300  # per 4096^2 unbinned pixels, scaled with area (at least 20)
 STAR_SOURCES = ("synthetic", "tycho2")
@@ -150,6 +152,9 @@ def simulate_night(
     ``n_flat`` per filter in evening and again in morning twilight; ``n_science`` per filter.
     ``size``: light-sensitive width = height in unbinned pixels (default 4096). ``progress(i, n,
     filename)`` is called after file i (1-based) of n is written. Same arguments -> same bytes.
+    The detector model (bias structure, dark current, hot pixels, flat response, dust) depends
+    on the camera only, as a real camera's does: nights of one camera with different seeds
+    share it, so their masters agree within their noise.
 
     ``stars``: ``"synthetic"``, or ``"tycho2"`` for the real stars of the astrometry.net Tycho-2
     index files in ``index_dir`` (default /usr/share/astrometry; ConfigurationError if missing)
@@ -174,7 +179,10 @@ def simulate_night(
     suffix = raw_suffix(compress)
     exptimes = _wide_exptimes(spec, filters) if wide else None
 
-    det_ss, cat_ss, sched_ss, files_ss, optics_ss = np.random.SeedSequence(seed).spawn(5)
+    _, cat_ss, sched_ss, files_ss, optics_ss = np.random.SeedSequence(seed).spawn(5)
+    # the detector (bias columns, dark current, hot pixels, flat response, dust) belongs to the
+    # camera, not to the night: every night of one camera has the same one, whatever its seed
+    det_ss = np.random.SeedSequence([DETECTOR_SEED, zlib.crc32(spec.instrument.encode())])
     sched_rng = np.random.Generator(np.random.PCG64(sched_ss))
     plans = schedule(spec, place.lon, day, *counts.values(), filters, sched_rng, exptimes)
     optics_rng = np.random.Generator(np.random.PCG64(optics_ss))
