@@ -12,7 +12,9 @@ The worker (or the CLI) selects and reads the masters and passes them in as :cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from pylcogt.calibrations.prepare import normalise_flat, remove_bias_level, to_dark_rate
 from pylcogt.frame import Frame, RawImage
@@ -23,7 +25,14 @@ from pylcogt.stages.dark import subtract_dark
 from pylcogt.stages.flat import divide_flat
 from pylcogt.stages.isr import remove_instrument_signature
 
-__all__ = ["LoadedMaster", "Masters", "NEEDED_MASTERS", "reduce_science", "prepare_master_input"]
+__all__ = [
+    "LoadedMaster",
+    "Masters",
+    "NEEDED_MASTERS",
+    "reduce_science",
+    "prepare_master_input",
+    "common_master_err",
+]
 
 
 @dataclass(frozen=True)
@@ -63,14 +72,18 @@ def _require(master: LoadedMaster | None, role: str, frame: Frame) -> LoadedMast
     return master
 
 
-def _bias_dark(frame: Frame, masters: Masters, exptime_s: float, *, dark: bool) -> Frame:
+def _bias_dark(
+    frame: Frame, masters: Masters, exptime_s: float, *, dark: bool, master_err: bool = True
+) -> Frame:
     if masters.bpm is not None:
         frame = apply_bpm(frame, masters.bpm.frame, master_id=masters.bpm.master_id)
     bias = _require(masters.bias, "bias", frame)
-    frame = subtract_bias(frame, bias.frame, master_id=bias.master_id)
+    bias_frame = bias.frame if master_err else replace(bias.frame, err=None)
+    frame = subtract_bias(frame, bias_frame, master_id=bias.master_id)
     if dark:
         master = _require(masters.dark, "dark", frame)
-        frame = subtract_dark(frame, master.frame, exptime_s=exptime_s, master_id=master.master_id)
+        dark_frame = master.frame if master_err else replace(master.frame, err=None)
+        frame = subtract_dark(frame, dark_frame, exptime_s=exptime_s, master_id=master.master_id)
     return frame
 
 
@@ -100,15 +113,43 @@ def reduce_science(raw: RawImage, masters: Masters, *, exptime_s: float) -> Fram
 
 
 def prepare_master_input(
-    raw: RawImage, obstype: str, masters: Masters, *, exptime_s: float
+    raw: RawImage, obstype: str, masters: Masters, *, exptime_s: float, master_err: bool = True
 ) -> tuple[Frame, float | None]:
     """A frame ready to stack into a master of ``obstype``, and its level (bias: the removed
-    level, electrons; flat: the normalisation, electrons; dark: None)."""
+    level, electrons; flat: the normalisation, electrons; dark: None).
+
+    ``master_err=False`` leaves the ERR of the masters subtracted (bias; dark for flats) out of
+    the frame's ERR: every input of one stack carries the same master's error, which averaging
+    does not reduce, so the caller adds it once to the stacked ERR
+    (:func:`common_master_err`) instead of letting the stack divide it by sqrt(n)."""
     frame = remove_instrument_signature(raw)
     if obstype == "BIAS":
         return remove_bias_level(frame)
     if obstype == "DARK":
-        return to_dark_rate(_bias_dark(frame, masters, exptime_s, dark=False), exptime_s), None
+        ready = _bias_dark(frame, masters, exptime_s, dark=False, master_err=master_err)
+        return to_dark_rate(ready, exptime_s), None
     if obstype == "SKYFLAT":
-        return normalise_flat(_bias_dark(frame, masters, exptime_s, dark=True))
+        return normalise_flat(
+            _bias_dark(frame, masters, exptime_s, dark=True, master_err=master_err)
+        )
     raise ValueError(f"no master is made from OBSTYPE {obstype!r}")
+
+
+def common_master_err(
+    err: np.ndarray, terms: list[tuple[np.ndarray, float]], n_inputs: int
+) -> np.ndarray:
+    """The stacked ERR (``sqrt(sum err_i^2) / n`` of inputs prepared with ``master_err=False``)
+    plus the masters' errors that every input shares: ``terms`` holds one ``(master ERR,
+    coefficient)`` per input and master, the coefficient being how that master's value enters
+    the input (``1 / EXPTIME`` for the bias of a dark rate; ``1 / norm`` for the bias of a flat,
+    ``EXPTIME / norm`` for its dark). A shared error enters the mean with the mean of its
+    coefficients: ``sqrt(err^2 + sum_m (sum_i c_im / n)^2 ERR_m^2)``. Same master = the same
+    array object. float32, a new array."""
+    by_master: dict[int, tuple[np.ndarray, float]] = {}
+    for master_err, coefficient in terms:
+        array, total = by_master.get(id(master_err), (master_err, 0.0))
+        by_master[id(master_err)] = (array, total + coefficient)
+    variance = np.square(err, dtype=np.float32)
+    for array, total in by_master.values():
+        variance += np.square(array * np.float32(total / n_inputs), dtype=np.float32)
+    return np.sqrt(variance, out=variance)

@@ -12,6 +12,7 @@ filter: the afternoon and morning sets of a night go into one master.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections import OrderedDict
@@ -48,7 +49,13 @@ from pylcogt.io.products import read_product, write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.io.spill import SpillDir
 from pylcogt.paths import master_path
-from pylcogt.pipeline import NEEDED_MASTERS, LoadedMaster, Masters, prepare_master_input
+from pylcogt.pipeline import (
+    NEEDED_MASTERS,
+    LoadedMaster,
+    Masters,
+    common_master_err,
+    prepare_master_input,
+)
 from pylcogt.stages.flat import DEFAULT_MIN_RESPONSE
 
 __all__ = [
@@ -144,6 +151,24 @@ def _masters_for(session: Session, frame: RawFrame, obstype: str) -> tuple[Maste
         chosen[needed] = load_master(selection.master)
     ids = {selection_role: m.master_id for selection_role, m in chosen.items()}
     return Masters(bias=chosen.get("BIAS"), dark=chosen.get("DARK")), ids
+
+
+def _shared_err_terms(obstype: str, masters: Masters, exptime_s: float | None,
+                      level: float | None) -> list:  # fmt: skip
+    """``(master ERR, coefficient)`` of the masters subtracted from one master input (see
+    :func:`pylcogt.pipeline.common_master_err`): a dark rate holds ``-bias / t``; a flat
+    ``-(bias + dark_rate t) / norm``."""
+    bias = masters.bias.frame.err if masters.bias is not None else None
+    dark = masters.dark.frame.err if masters.dark is not None else None
+    t = float(exptime_s or 0.0)
+    if obstype == "DARK" and bias is not None and t > 0:
+        return [(bias, 1.0 / t)]
+    if obstype == "SKYFLAT" and level:
+        terms = [(bias, 1.0 / level)] if bias is not None else []
+        if dark is not None:
+            terms.append((dark, t / level))
+        return terms
+    return []
 
 
 def _fail_frame(session: Session, frame: RawFrame, error: Exception) -> None:
@@ -385,12 +410,17 @@ def build_master(
             )
         with SpillDir(settings.data_dir) as spill:
             prepared: list[tuple[RawFrame, float | None]] = []
+            shared: dict[int, list] = {}  # frame id -> [(master ERR, coefficient)]
             for n, frame in enumerate(frames, start=1):
                 try:
                     raw = read_raw(frame.path, crosstalk=crosstalk_lookup(settings.crosstalk_file))
                     masters, used[frame.id] = _masters_for(session, frame, obstype)
+                    # the masters' own errors are shared by every input: added once, below
                     ready, level = prepare_master_input(raw, obstype, masters,
-                                                        exptime_s=frame.exptime_s)  # fmt: skip
+                                                        exptime_s=frame.exptime_s,
+                                                        master_err=False)  # fmt: skip
+                    shared[frame.id] = _shared_err_terms(obstype, masters, frame.exptime_s,
+                                                         level)  # fmt: skip
                 except UnprocessableFrameError as exc:
                     log.warning("%s left out of the %s master: %s", frame.filename, obstype, exc)
                     dropped[frame.filename] = str(exc)
@@ -422,6 +452,10 @@ def build_master(
                 k=STACK_K, memory_budget_bytes=memory_budget_bytes,
             )  # fmt: skip
             inputs = [f for f, _ in prepared]
+            terms = [t for f in inputs for t in shared.get(f.id, [])]
+            if result.err is not None and terms:
+                result = dataclasses.replace(
+                    result, err=common_master_err(result.err, terms, len(inputs)))
             levels = [lv for _, lv in prepared if lv is not None]
             unit = {"BIAS": "electron", "DARK": "electron/s", "SKYFLAT": ""}[obstype]
             master = _master_frame(key, result, levels, inputs, instrument, unit)

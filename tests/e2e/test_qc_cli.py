@@ -85,8 +85,11 @@ def test_masters_of_the_night_with_their_numbers_and_previous_masters(nights: di
     # known answers: a master bias of n frames has noise RN / sqrt(n), and so must its ERR
     assert bias["stats"]["median_err"] == pytest.approx(READ_NOISE / math.sqrt(n), rel=0.03)
     assert bias["stats"]["rstd"] == pytest.approx(READ_NOISE / math.sqrt(n), rel=0.10)
-    # two nights of the same detector agree within their noise
+    # two nights of the same detector agree within their noise, and the masters' ERR says so:
+    # a master dark's ERR includes its master bias's error once (every input shares it; it
+    # was 1.23 when the stack divided it by sqrt(n) as if independent)
     assert bias["comparison"]["z_rstd"] == pytest.approx(1.0, abs=0.1)
+    assert by_type["DARK"]["comparison"]["z_rstd"] == pytest.approx(1.0, abs=0.1)
     assert bias["stats"]["biaslvl"] > 0
     # each input's level is in the master (IMLVLnnn): the master's BIASLVL is their mean
     levels = [f["level"] for f in bias["inputs"]]

@@ -139,3 +139,30 @@ def test_bias_takes_the_bias_out_of_err_without_overscan() -> None:
     np.testing.assert_allclose(out.sci, signal, rtol=1e-6)
     np.testing.assert_allclose(out.err, np.sqrt(read_noise**2 + signal + 2.0**2), rtol=1e-5)
     assert out.header["ERRBIAS"] is False
+
+
+def test_common_master_err_adds_a_shared_error_once_with_the_mean_coefficient() -> None:
+    """n inputs that all subtracted the same master (error E, entering input i as c_i E): the
+    mean holds (mean c_i) E, fully correlated, not reduced by sqrt(n). Checked against a
+    simulation of many stacks, and against the formula for two masters."""
+    from pylcogt.pipeline import common_master_err
+
+    rng = np.random.default_rng(7)
+    n, trials = 4, 200_000
+    own, shared = 3.0, 2.0
+    coefficients = np.array([1 / 30, 1 / 30, 1 / 60, 1 / 60])
+    # each trial: independent own errors per input, one shared draw for all inputs
+    draws = (rng.normal(0, own, (trials, n)) * coefficients
+             + rng.normal(0, shared, (trials, 1)) * coefficients)  # fmt: skip
+    measured = draws.mean(axis=1).std()
+    stacked = np.float32(np.sqrt(np.sum((own * coefficients) ** 2)) / n)  # what the stack gives
+    master = np.full((2, 2), shared, np.float32)
+    err = common_master_err(np.full((2, 2), stacked, np.float32),
+                            [(master, float(c)) for c in coefficients], n)  # fmt: skip
+    assert err.dtype == np.float32
+    np.testing.assert_allclose(err, measured, rtol=0.01)
+    # two masters (the same array object = the same master): each once, in quadrature
+    other = np.full((2, 2), 5.0, np.float32)
+    both = common_master_err(np.zeros((2, 2), np.float32),
+                             [(master, 0.5), (other, 1.0), (master, 0.5), (other, 3.0)], 2)
+    np.testing.assert_allclose(both, np.hypot(2.0 * 0.5, 5.0 * 2.0), rtol=1e-6)
