@@ -136,19 +136,19 @@ def prepare_master_input(
 
 
 def common_master_err(
-    err: np.ndarray, terms: list[tuple[np.ndarray, float]], n_inputs: int
+    err: np.ndarray, terms: list[tuple[object, np.ndarray, float]], n_inputs: int
 ) -> np.ndarray:
     """The stacked ERR (``sqrt(sum err_i^2) / n`` of inputs prepared with ``master_err=False``)
-    plus the masters' errors that every input shares: ``terms`` holds one ``(master ERR,
-    coefficient)`` per input and master, the coefficient being how that master's value enters
-    the input (``1 / EXPTIME`` for the bias of a dark rate; ``1 / norm`` for the bias of a flat,
-    ``EXPTIME / norm`` for its dark). A shared error enters the mean with the mean of its
-    coefficients: ``sqrt(err^2 + sum_m (sum_i c_im / n)^2 ERR_m^2)``. Same master = the same
-    array object. float32, a new array."""
-    by_master: dict[int, tuple[np.ndarray, float]] = {}
-    for master_err, coefficient in terms:
-        array, total = by_master.get(id(master_err), (master_err, 0.0))
-        by_master[id(master_err)] = (array, total + coefficient)
+    plus the masters' errors that every input shares: ``terms`` holds one ``(master key, master
+    ERR, coefficient)`` per input and master (the key names the master, e.g. its registry id),
+    the coefficient being how that master's value enters the input (``1 / EXPTIME`` for the
+    bias of a dark rate; ``1 / norm`` for the bias of a flat, ``EXPTIME / norm`` for its dark).
+    A shared error enters the mean with the mean of its coefficients: ``sqrt(err^2 + sum_m
+    (sum_i c_im / n)^2 ERR_m^2)``. float32, a new array."""
+    by_master: dict[object, tuple[np.ndarray, float]] = {}
+    for key, master_err, coefficient in terms:
+        array, total = by_master.get(key, (master_err, 0.0))
+        by_master[key] = (array, total + coefficient)
     variance = np.square(err, dtype=np.float32)
     for array, total in by_master.values():
         variance += np.square(array * np.float32(total / n_inputs), dtype=np.float32)

@@ -155,20 +155,22 @@ def _masters_for(session: Session, frame: RawFrame, obstype: str) -> tuple[Maste
 
 def _shared_err_terms(obstype: str, masters: Masters, exptime_s: float | None,
                       level: float | None) -> list:  # fmt: skip
-    """``(master ERR, coefficient)`` of the masters subtracted from one master input (see
-    :func:`pylcogt.pipeline.common_master_err`): a dark rate holds ``-bias / t``; a flat
-    ``-(bias + dark_rate t) / norm``."""
-    bias = masters.bias.frame.err if masters.bias is not None else None
-    dark = masters.dark.frame.err if masters.dark is not None else None
+    """``(master key, master ERR, coefficient)`` of the masters subtracted from one master input
+    (see :func:`pylcogt.pipeline.common_master_err`): a dark rate holds ``-bias / t``; a flat
+    ``-(bias + dark_rate t) / norm``. The key is the master's role and registry id."""
     t = float(exptime_s or 0.0)
-    if obstype == "DARK" and bias is not None and t > 0:
-        return [(bias, 1.0 / t)]
-    if obstype == "SKYFLAT" and level:
-        terms = [(bias, 1.0 / level)] if bias is not None else []
-        if dark is not None:
-            terms.append((dark, t / level))
-        return terms
-    return []
+    if obstype == "DARK" and t > 0:
+        factors = {"bias": 1.0 / t}
+    elif obstype == "SKYFLAT" and level:
+        factors = {"bias": 1.0 / level, "dark": t / level}
+    else:
+        return []
+    terms = []
+    for role, factor in factors.items():
+        loaded = getattr(masters, role)
+        if loaded is not None and loaded.frame.err is not None:
+            terms.append(((role, loaded.master_id), loaded.frame.err, factor))
+    return terms
 
 
 def _fail_frame(session: Session, frame: RawFrame, error: Exception) -> None:

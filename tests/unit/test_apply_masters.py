@@ -158,11 +158,12 @@ def test_common_master_err_adds_a_shared_error_once_with_the_mean_coefficient() 
     stacked = np.float32(np.sqrt(np.sum((own * coefficients) ** 2)) / n)  # what the stack gives
     master = np.full((2, 2), shared, np.float32)
     err = common_master_err(np.full((2, 2), stacked, np.float32),
-                            [(master, float(c)) for c in coefficients], n)  # fmt: skip
+                            [("bias", master, float(c)) for c in coefficients], n)  # fmt: skip
     assert err.dtype == np.float32
     np.testing.assert_allclose(err, measured, rtol=0.01)
-    # two masters (the same array object = the same master): each once, in quadrature
+    # two masters (by key; the same master read twice is still one): each once, in quadrature
     other = np.full((2, 2), 5.0, np.float32)
     both = common_master_err(np.zeros((2, 2), np.float32),
-                             [(master, 0.5), (other, 1.0), (master, 0.5), (other, 3.0)], 2)
+                             [("b", master, 0.5), ("d", other, 1.0), ("b", master.copy(), 0.5),
+                              ("d", other, 3.0)], 2)  # fmt: skip
     np.testing.assert_allclose(both, np.hypot(2.0 * 0.5, 5.0 * 2.0), rtol=1e-6)
