@@ -184,8 +184,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def read_product(path: Path) -> Frame:
-    """Read a product or master written by :func:`write_product`."""
+def read_product(path: Path, *, with_err: bool = True) -> Frame:
+    """Read a product or master written by :func:`write_product` (``with_err=False``: leave
+    the ERR plane undecompressed; the frame's ``err`` is None)."""
     path = Path(path)
     with fits.open(path) as hdul:
         sci_hdu = hdul["SCI"]
@@ -193,7 +194,9 @@ def read_product(path: Path) -> Frame:
         header = clean_header(sci_hdu.header)
         unit = str(sci_hdu.header.get("BUNIT", ""))
         bpm = np.asarray(hdul["BPM"].data, dtype=np.uint8)
-        err = np.asarray(hdul["ERR"].data, dtype=np.float32) if "ERR" in hdul else None
+        err = None
+        if with_err and "ERR" in hdul:
+            err = np.asarray(hdul["ERR"].data, dtype=np.float32)
     return Frame(sci=sci, err=err, bpm=bpm, header=header, unit=unit, name=path.name)
 
 

@@ -218,7 +218,7 @@ def _frame_record(entry: FrameEntry) -> dict:
 def _frame_entry(entry: FrameEntry, out: Path, errors: list[str]) -> dict:
     del errors
     record = _frame_record(entry)
-    frame = read_product(Path(entry.product_path or ""))
+    frame = read_product(Path(entry.product_path or ""), with_err=False)  # the picture needs none
     header = frame.header
     for key, card in SCIENCE_CARDS.items():
         record[key] = header.get(card)
