@@ -83,3 +83,37 @@ def real_data() -> Path:
     if not value:
         pytest.skip(f"{REAL_DATA_ENV} is not set (./dev test sets it when ../shared exists)")
     return Path(value)
+
+
+# --- astrometry.net index files -----------------------------------------------------------
+#: The Debian Tycho-2 index files the suite is written for: scales 10-19, the package
+#: astrometry-data-tycho2-10-19 that ``./dev`` installs. Users may have more (07-09, for smaller
+#: fields; 07 alone holds all of Tycho-2), which changes how many stars a query returns and which
+#: fields solve: the tests choose these files explicitly instead of reading the whole directory.
+TYCHO2_TEST_SCALES = tuple(range(10, 20))
+SYSTEM_INDEX_DIR = Path("/usr/share/astrometry")
+
+
+@pytest.fixture(scope="session")
+def tycho2_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding links to the Tycho-2 index files of scales 10-19 only (empty when
+    they are not installed: tests needing them check with their own fixtures)."""
+    directory = tmp_path_factory.mktemp("tycho2-index-10-19")
+    for path in sorted(SYSTEM_INDEX_DIR.glob("index-tycho2-*.fits")):
+        scale = path.name.removeprefix("index-tycho2-")[:2]
+        if scale.isdigit() and int(scale) in TYCHO2_TEST_SCALES:
+            (directory / path.name).symlink_to(path)
+    return directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pinned_index_dir(tycho2_index_dir: Path) -> Iterator[None]:
+    """Every ``pylcogt`` run by the tests (in process or as a command) solves with the pinned
+    index files (``PYLCOGT_INDEX_DIR``) unless the test gives its own."""
+    previous = os.environ.get("PYLCOGT_INDEX_DIR")
+    os.environ["PYLCOGT_INDEX_DIR"] = str(tycho2_index_dir)
+    yield
+    if previous is None:
+        os.environ.pop("PYLCOGT_INDEX_DIR", None)
+    else:
+        os.environ["PYLCOGT_INDEX_DIR"] = previous

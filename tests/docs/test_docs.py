@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import re
 import shutil
 import subprocess
@@ -22,12 +21,13 @@ import pytest
 
 import pylcogt.errors
 from pylcogt.cli import build_parser
+from tests.envs import clean_env
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _sphinx(builder: str, source: Path, out: Path, doctrees: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYLCOGT_")}
+    env = clean_env()
     env["OMP_NUM_THREADS"] = "1"  # the cosmic-ray stage in the examples
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-j", "auto",
                "-b", builder, "-d", str(doctrees), str(source), str(out)]  # fmt: skip

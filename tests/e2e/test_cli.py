@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ..envs import clean_env
 from ..fitsmaker import write_frame
 
 PYLCOGT = [sys.executable, "-m", "pylcogt"]
@@ -18,7 +18,7 @@ PYLCOGT = [sys.executable, "-m", "pylcogt"]
 def run(
     *args: str, cwd: Path, env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYLCOGT_")}
+    full_env = clean_env()
     full_env.update(env or {})
     proc = subprocess.run(
         [*PYLCOGT, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600

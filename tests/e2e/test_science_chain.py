@@ -52,14 +52,14 @@ def _grid_errors(solved: WCS, truth: WCS) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def wide_night(tmp_path_factory) -> dict:
+def wide_night(tmp_path_factory, tycho2_index_dir) -> dict:
     """One wide-field SBIG night (Tycho-2 stars, 25" of cubic distortion) reduced by the worker."""
     root = tmp_path_factory.mktemp("wide")
     night = simulate_night(root / "raw", camera="sbig", size=2 * N, pixscale=PIXSCALE,
                            stars="tycho2", n_bias=3, n_dark=2, n_flat=2, n_science=2,
-                           filters=("rp",), seed=11)  # fmt: skip
+                           filters=("rp",), seed=11, index_dir=tycho2_index_dir)  # fmt: skip
     config = ["--database-url", f"sqlite:///{root / 'registry.db'}", "--data-dir",
-              str(root / "data")]  # fmt: skip
+              str(root / "data"), "--index-dir", str(tycho2_index_dir)]  # fmt: skip
     run("ingest", str(root / "raw"), "-q", *config, cwd=root)
     loaded = json.loads(run("refcat", "load", str(night.refcat_path), "--json", *config,
                             cwd=root).stdout)  # fmt: skip

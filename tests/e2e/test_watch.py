@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..envs import clean_env
 from ..fitsmaker import write_frame
 from .test_cli import PYLCOGT, run
 
@@ -21,7 +22,7 @@ class Watch:
     """The watcher subprocess and its JSON lines, read by a thread as they come."""
 
     def __init__(self, directory: Path, cwd: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYLCOGT_")}
+        env = clean_env()
         self.proc = subprocess.Popen(
             [*PYLCOGT, "ingest", "--watch", str(directory), "--interval", "0.2",
              "--settle", str(SETTLE), "--json"],

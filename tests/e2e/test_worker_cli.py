@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from pylcogt.simulate import simulate_night
 
+from ..envs import clean_env
 from .test_cli import PYLCOGT, run
 
 SLOW_DRIVER = """\
@@ -50,7 +51,7 @@ def _night(out: Path, *, dayobs: str = "20261120", site: str = "lsc", n_science:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYLCOGT_")}
+    return clean_env()
 
 
 def _config(url: str, tmp_path: Path) -> list[str]:

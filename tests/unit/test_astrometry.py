@@ -51,11 +51,14 @@ def _in_ci() -> bool:
 
 
 @pytest.fixture(scope="module")
-def astrometry_net() -> None:
-    """astrometry.net and the Tycho-2 index files are installed (else skip; fail in CI)."""
+def astrometry_net(tycho2_index_dir: Path) -> Path:
+    """astrometry.net and the Tycho-2 index files are installed (else skip; fail in CI).
+
+    Returns the directory of the index files the tests solve with: scales 10-19 only, whatever
+    else the machine has installed (``tycho2_index_dir``)."""
     missing = [p for p in ("solve-field", "query-starkd") if shutil.which(p) is None]
-    if not list(DEFAULT_INDEX_DIR.glob("index-tycho2-1*.fits")):
-        missing.append(f"Tycho-2 index files in {DEFAULT_INDEX_DIR}")
+    if not list(tycho2_index_dir.glob("index-tycho2-1*.fits")):
+        missing.append(f"Tycho-2 index files (scales 10-19) in {DEFAULT_INDEX_DIR}")
     if missing:
         msg = (
             f"astrometry.net is not installed ({', '.join(missing)}): apt-get install "
@@ -64,6 +67,7 @@ def astrometry_net() -> None:
         if _in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
+    return tycho2_index_dir
 
 
 def _truth() -> WCS:
@@ -82,7 +86,7 @@ def field(astrometry_net):
     centroid noise and fluxes from their magnitudes, plus fainter sources not in the catalogue
     (most detected sources are fainter than Tycho-2), in random order."""
     truth = _truth()
-    refs = reference_stars(RA0, DEC0, 1.5, config=AstrometryConfig())
+    refs = reference_stars(RA0, DEC0, 1.5, config=AstrometryConfig(index_dir=astrometry_net))
     x, y = truth.all_world2pix(refs.ra, refs.dec, 1, tolerance=1e-10, maxiter=200)
     inside = (x > 0.5) & (x < WIDTH + 0.5) & (y > 0.5) & (y < HEIGHT + 0.5)
     rng = np.random.default_rng(SEED)
@@ -92,7 +96,8 @@ def field(astrometry_net):
     mag = np.concatenate([refs.mag[inside], rng.uniform(11.5, 16.0, N_FAKE)])
     flux = 10 ** (-0.4 * (mag - 25.0))
     order = rng.permutation(x.size)
-    return {"truth": truth, "x": x[order], "y": y[order], "flux": flux[order], "n_stars": n}
+    return {"truth": truth, "x": x[order], "y": y[order], "flux": flux[order], "n_stars": n,
+            "index_dir": astrometry_net}  # fmt: skip
 
 
 def _solve(field, **config) -> SolveResult:
@@ -106,7 +111,7 @@ def _solve(field, **config) -> SolveResult:
         ra_deg=RA0 + 0.3,
         dec_deg=DEC0 - 0.2,
         pixscale_arcsec=PIXSCALE,
-        config=AstrometryConfig(**config),
+        config=AstrometryConfig(**{"index_dir": field["index_dir"], **config}),
     )
 
 
@@ -221,7 +226,7 @@ def test_blank_field_fails_cleanly_within_the_timeout(astrometry_net, tmp_path, 
         ra_deg=RA0,
         dec_deg=DEC0,
         pixscale_arcsec=PIXSCALE,
-        config=AstrometryConfig(timeout_s=timeout, cpulimit_s=300),
+        config=AstrometryConfig(index_dir=astrometry_net, timeout_s=timeout, cpulimit_s=300),
     )
     assert result.status == "failed" and result.wcs is None
     assert result.reason == "no solution within 5 s"
@@ -380,7 +385,7 @@ def test_healpix_overlap():
 
 
 def test_reference_stars_are_the_union_of_the_index_files(astrometry_net):
-    refs = reference_stars(RA0, DEC0, 1.5, config=AstrometryConfig())
+    refs = reference_stars(RA0, DEC0, 1.5, config=AstrometryConfig(index_dir=astrometry_net))
     assert 50 < len(refs) < 120
     assert np.isfinite(refs.mag).all() and (refs.mag < 13).all()  # Tycho-2 VT magnitudes
     assert (sky_separation_arcsec(refs.ra, refs.dec, RA0, DEC0) <= 1.5 * 3600 + 1e-6).all()
@@ -394,8 +399,8 @@ def test_reference_stars_are_the_union_of_the_index_files(astrometry_net):
         RA0,
         DEC0,
         1.5,
-        config=AstrometryConfig(),
-        index_files=[f for f in find_index_files(DEFAULT_INDEX_DIR) if "tycho2-10" in f.path.name],
+        config=AstrometryConfig(index_dir=astrometry_net),
+        index_files=[f for f in find_index_files(astrometry_net) if "tycho2-10" in f.path.name],
     )
     assert len(densest) < len(refs)
 
@@ -437,7 +442,7 @@ def test_a_field_smaller_than_every_quad_fails_at_once_saying_what_to_install(as
     rng = np.random.default_rng(SEED + 3)
     result = solve(rng.uniform(1, 100, 20), rng.uniform(1, 100, 20), rng.uniform(1, 2, 20),
                    width=100, height=100, ra_deg=RA0, dec_deg=DEC0, pixscale_arcsec=PIXSCALE,
-                   config=AstrometryConfig(timeout_s=30.0))  # fmt: skip
+                   config=AstrometryConfig(index_dir=astrometry_net, timeout_s=30.0))  # fmt: skip
     assert result.status == "failed" and result.elapsed_s < 5
     assert "larger than this field" in result.reason and "5200" in result.reason
 

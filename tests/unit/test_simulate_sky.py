@@ -24,19 +24,19 @@ from pylcogt.errors import ConfigurationError
 from pylcogt.simulate import simulate_night
 from pylcogt.simulate.truth import truth_entry, truth_wcs
 
-INDEX_DIR = Path("/usr/share/astrometry")
 INSTALL = "apt-get install --no-install-recommends astrometry.net astrometry-data-tycho2-10-19"
 SEC_RE = re.compile(r"^\[(\d+):(\d+),(\d+):(\d+)\]$")
 WIDE = {"size": 1024, "pixscale": 6.0, "n_bias": 1, "n_dark": 0, "n_flat": 0, "n_science": 1}
 
 
-def require_astrometry() -> None:
-    """query-starkd and the Tycho-2 index files: a failure under CI, else a skip."""
+def require_astrometry(index_dir: Path) -> None:
+    """query-starkd and the Tycho-2 index files (scales 10-19, linked into ``index_dir`` by the
+    ``tycho2_index_dir`` fixture): a failure under CI, else a skip."""
     problems = []
     if shutil.which("query-starkd") is None:
         problems.append("query-starkd is not on PATH")
-    if not sorted(INDEX_DIR.glob("index-tycho2-*.fits")):
-        problems.append(f"no index-tycho2-*.fits in {INDEX_DIR}")
+    if not sorted(index_dir.glob("index-tycho2-*.fits")):
+        problems.append("no index-tycho2-1[0-9]*.fits in /usr/share/astrometry")
     if problems:
         msg = "; ".join(problems) + f": install with `{INSTALL}`"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -50,21 +50,21 @@ def simulate(tmp_path_factory, name: str, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def wide_sinistro(tmp_path_factory):
-    require_astrometry()
+def wide_sinistro(tmp_path_factory, tycho2_index_dir):
+    require_astrometry(tycho2_index_dir)
     return simulate(
         tmp_path_factory, "wide-sinistro", camera="sinistro", seed=21, stars="tycho2",
-        filters=("rp",), **WIDE,
+        filters=("rp",), index_dir=tycho2_index_dir, **WIDE,
     )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def wide_sbig(tmp_path_factory):
+def wide_sbig(tmp_path_factory, tycho2_index_dir):
     """2048 unbinned = 1024 binned pixels: 1.7 deg, like the Sinistro at 1024."""
-    require_astrometry()
+    require_astrometry(tycho2_index_dir)
     return simulate(
         tmp_path_factory, "wide-sbig", camera="sbig", seed=22, stars="tycho2", filters=("V",),
-        **{**WIDE, "size": 2048},
+        index_dir=tycho2_index_dir, **{**WIDE, "size": 2048},
     )  # fmt: skip
 
 
@@ -332,10 +332,12 @@ def test_wide_mode_header_and_brightness(wide_sinistro, wide_sbig):
 # --------------------------------------------------------------------------- Tycho-2 content
 
 
-def query_starkd_direct(ra: float, dec: float, radius: float, tmp_path: Path) -> np.ndarray:
+def query_starkd_direct(
+    ra: float, dec: float, radius: float, tmp_path: Path, index_dir: Path
+) -> np.ndarray:
     """(ra, dec, mag_vt) rows of all index files, duplicates within 1 arcsec removed."""
     rows = []
-    for k, index in enumerate(sorted(INDEX_DIR.glob("index-tycho2-*.fits"))):
+    for k, index in enumerate(sorted(index_dir.glob("index-tycho2-*.fits"))):
         out = tmp_path / f"direct-{k}.fits"
         subprocess.run(
             ["query-starkd", "-o", str(out), "-r", str(ra), "-d", str(dec), "-R", str(radius),
@@ -358,13 +360,13 @@ def query_starkd_direct(ra: float, dec: float, radius: float, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("fixture", ["wide_sinistro", "wide_sbig"])
-def test_tycho_mode_contains_the_index_stars(request, fixture, tmp_path):
+def test_tycho_mode_contains_the_index_stars(request, fixture, tmp_path, tycho2_index_dir):
     night, truth = request.getfixturevalue(fixture)
     ((path, entry),) = science(night, truth)
     wcs = truth_wcs(truth, path)
     ny, nx = truth["final_shape_yx"]
     ((ra, dec),) = wcs.all_pix2world([[(nx + 1) / 2, (ny + 1) / 2]], 1)
-    direct = query_starkd_direct(ra, dec, 1.6, tmp_path)
+    direct = query_starkd_direct(ra, dec, 1.6, tmp_path, tycho2_index_dir)
     x, y = wcs.all_world2pix(direct[:, 0], direct[:, 1], 1)
     inside = (x >= 0.5) & (x < nx + 0.5) & (y >= 0.5) & (y < ny + 0.5)
     tycho = [s for s in entry["stars"] if s["tycho2"]]
@@ -387,11 +389,11 @@ def test_missing_index_files_is_a_configuration_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_query_starkd_is_a_configuration_error(tmp_path, monkeypatch):
-    require_astrometry()
+def test_missing_query_starkd_is_a_configuration_error(tmp_path, monkeypatch, tycho2_index_dir):
+    require_astrometry(tycho2_index_dir)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ConfigurationError, match="query-starkd"):
-        simulate_night(tmp_path / "out", stars="tycho2", **WIDE)
+        simulate_night(tmp_path / "out", stars="tycho2", index_dir=tycho2_index_dir, **WIDE)
     assert not (tmp_path / "out").exists()
 
 
@@ -429,13 +431,14 @@ def test_too_much_distortion_is_refused(tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_simulate_wide_tycho2(tmp_path, capsys):
-    require_astrometry()
+def test_cli_simulate_wide_tycho2(tmp_path, capsys, tycho2_index_dir):
+    require_astrometry(tycho2_index_dir)
     out = tmp_path / "raw"
     code = main(["simulate", str(out), "--camera", "sbig", "--size", "1024", "--n-bias", "0",
                  "--n-dark", "0", "--n-flat", "0", "--n-science", "1", "--filters", "rp",
                  "--stars", "tycho2", "--pixscale", "6", "--distortion", "20",
-                 "--index-dir", str(INDEX_DIR), "--no-faint-stars", "-q", "--json"])  # fmt: skip
+                 "--index-dir", str(tycho2_index_dir), "--no-faint-stars", "-q",
+                 "--json"])  # fmt: skip
     assert code == 0
     files = json.loads(capsys.readouterr().out)["files"]
     truth = json.loads((out / "truth.json").read_text())
