@@ -43,9 +43,11 @@ from pylcogt.db.models import (
     MasterJobStatus,
     RawFrame,
     Site,
+    current_master,
 )
 from pylcogt.db.session import writer
 from pylcogt.ingest import FileFacts, _record_with_retry, read_file
+from pylcogt.lifecycle import FrameEvent, frame_transition
 from pylcogt.scheduling import night_end
 from pylcogt.watch import is_registered_unchanged, known_unchanged, scan_fits_tree
 
@@ -163,7 +165,7 @@ def _planned_resets(session: Session, plan: BackfillPlan) -> None:
         (m.instrument_id, m.dayobs, m.obstype.value, m.binning, m.readout_mode, m.filter_name)
         for m in session.scalars(
             sa.select(MasterCalibration).where(
-                MasterCalibration.is_bad.is_(False),
+                current_master(MasterCalibration),
                 MasterCalibration.dayobs >= scope.since,
                 MasterCalibration.dayobs <= scope.until,
             )
@@ -258,20 +260,16 @@ def apply_backfill(maker: sessionmaker[Session], scope: BackfillScope) -> Backfi
         _planned_resets(session, plan)
         _set_cutoffs(session, [*ingested, *plan.to_reset])
         if plan.to_reset:
+            f = RawFrame.__table__
+            redo = f"backfill --redo of nights {scope.since:%Y%m%d}..{scope.until:%Y%m%d}"
             session.execute(
-                sa.update(RawFrame)
-                .where(
-                    RawFrame.id.in_(plan.to_reset), RawFrame.state != FrameState.PROCESSING
-                )  # fmt: skip
-                .values(
-                    state=FrameState.PENDING,
-                    attempts=0,
-                    last_error=None,
-                    next_attempt_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )  # fmt: skip
-            )
+                frame_transition(
+                    FrameEvent.RESET, f.c.id.in_(plan.to_reset), attempts=0, last_error=None,
+                    next_attempt_at=None, lease_owner=None, lease_expires_at=None,
+                    redo_reason=sa.case((f.c.state == FrameState.DONE.value, redo),
+                                        else_=f.c.redo_reason),
+                ).execution_options(synchronize_session=False)
+            )  # fmt: skip
         if plan.jobs_to_reset:
             session.execute(
                 sa.update(MasterJob)

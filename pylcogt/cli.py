@@ -458,6 +458,13 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(f"no such file: {', '.join(missing)}")
     maker = _maker(settings)
     as_of = _parse_time(args.as_of) if args.as_of else None
+    output_dir = None
+    if args.output_dir:
+        output_dir = Path(args.output_dir).expanduser().resolve()
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot use --output-dir {args.output_dir}: {exc}") from None
     ingested = ingest_paths(
         maker, args.files
     )  # idempotent: registers files seen for the first time
@@ -469,26 +476,31 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
         with maker() as session:
             frame = repo.frame_by_path(session, entry.path)
         try:
-            outcome = reduce_frame(maker, settings, frame.id, as_of=as_of)
+            outcome = reduce_frame(maker, settings, frame.id, as_of=as_of,
+                                   output_dir=output_dir)  # fmt: skip
         except PylcogtError as exc:
             results.append({"path": entry.path, "state": "skipped", "error": str(exc)})
             continue
         results.append({
             "path": outcome.path, "state": outcome.state, "product": outcome.product_path,
             "error": outcome.error, "masters": outcome.masters, "n_sources": outcome.n_sources,
-            "wcs": outcome.wcs,
+            "wcs": outcome.wcs, "reduction_id": outcome.reduction_id,
+            "calibration_status": outcome.calibration_status,
+            "recorded": output_dir is None,
         })  # fmt: skip
     if args.json:
         _print_json(results)
     else:
         for r in results:
+            state = r["state"] if r.get("recorded", True) else "reproduced"
             print(
-                f"{r['state']:20s} {Path(r['path']).name}"
+                f"{state:20s} {Path(r['path']).name}"
                 + (f" -> {r['product']}" if r.get("product") else "")
-                + (f" ({r['n_sources']} sources, WCS {r['wcs']})" if r.get("wcs") else "")
-            )
+                + (f" ({r['n_sources']} sources, WCS {r['wcs']}, {r['calibration_status']})"
+                   if r.get("wcs") else "")
+            )  # fmt: skip
             for role, m in (r.get("masters") or {}).items():
-                print(f"  {role:5s} master {m['id']}: {m['path']}")
+                print(f"  {role:5s} master {m['id']}: {m['path']} (sha256 {m['checksum'][:16]}..)")
             if r.get("error"):
                 print(f"  {r['error']}")
     return 0
@@ -511,7 +523,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
     from pylcogt.calibrations.build import GroupKey, build_bpm_master, build_master
-    from pylcogt.db.models import Instrument, MasterCalibration, RawFrame
+    from pylcogt.db.models import Instrument, MasterCalibration, RawFrame, current_master
 
     obstype = {"bias": "BIAS", "dark": "DARK", "skyflat": "SKYFLAT", "bpm": "BPM"}[args.type]
     maker = _maker(settings)
@@ -531,7 +543,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
                 .where(MasterCalibration.instrument_id.in_(ids),
                        MasterCalibration.dayobs == args.night,
                        MasterCalibration.obstype.in_(["DARK", "SKYFLAT"]),
-                       MasterCalibration.is_bad.is_(False))
+                       current_master(MasterCalibration))
                 .distinct()
             )  # fmt: skip
         else:
@@ -577,8 +589,10 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             results.append({"type": obstype, "filter": key.filter_name, "binning": key.binning,
                             "readout_mode": key.readout_mode, "master_id": built.master_id,
                             "path": built.path, "n_inputs": built.n_inputs,
-                            "dropped": built.dropped,
-                            "level": built.level})  # fmt: skip
+                            "dropped": built.dropped, "level": built.level,
+                            "unchanged": built.unchanged, "promoted": built.promoted,
+                            "calibration_status": built.calibration_status,
+                            "supersedes": built.superseded})  # fmt: skip
     finally:
         done()
     if args.json:
@@ -589,10 +603,44 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             if "error" in r:
                 print(f"{label}: not built: {r['error']}")
                 continue
-            print(f"{label}: master {r['master_id']} from {r['n_inputs']} frames -> {r['path']}")
+            if r["unchanged"]:
+                print(f"{label}: master {r['master_id']} already holds these frames"
+                      + (" (now final)" if r["promoted"] else "") + f": {r['path']}")
+                continue
+            also = f", supersedes master {r['supersedes']}" if r["supersedes"] else ""
+            print(f"{label}: master {r['master_id']} ({r['calibration_status']}{also}) from "
+                  f"{r['n_inputs']} frames -> {r['path']}")
             for name, why in r["dropped"].items():
                 print(f"  left out {name}: {why}")
     return 0 if all("error" not in r for r in results) else 1
+
+
+def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
+    from pylcogt.db.clock import db_now
+    from pylcogt.db.session import writer
+    from pylcogt.nights import close_night
+
+    maker = _maker(settings)
+    with writer(maker)() as session:
+        try:
+            closed = close_night(session, args.night, cameras=args.instrument, reason=args.reason,
+                                 now=db_now(session))  # fmt: skip
+        except LookupError as exc:
+            raise ConfigurationError(str(exc)) from None
+        session.commit()
+    rows = [{"instrument": camera, "night": args.night.isoformat(), "closed_at": when,
+             "newly_closed": new} for camera, when, new in closed]  # fmt: skip
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"no instrument has frames on {args.night:%Y%m%d}: nothing to close")
+    for r in rows:
+        state = "closed" if r["newly_closed"] else "already closed"
+        when = f"{r['closed_at']:%Y-%m-%d %H:%M:%S}"
+        print(f"{r['instrument']} {args.night:%Y%m%d}: {state} at {when} UTC; the worker now "
+              "builds its final masters")
+    return 0
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -633,6 +681,14 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
         default=default,
         help=f"reference catalogue (FITS/CSV, Pan-STARRS 1 columns) for the zero points (env "
         f"{REFCAT_ENV}; default: the catalogues loaded with `pylcogt refcat load`)",
+    )
+    group.add_argument(
+        "--keep-products",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="when a frame is reduced again, keep the superseded product in "
+        "processed/superseded/ (env PYLCOGT_KEEP_PRODUCTS=1; default: replace it; the reduction "
+        "history keeps every product's checksum and masters either way)",
     )
 
     group.add_argument(
@@ -814,18 +870,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("reduce", "reduce science frames against the registry's masters",
             "Reduce raw science frames (EXPOSE, STANDARD): each file is registered if new, the "
-            "masters are selected from the registry (bias and dark closest in time, the latest "
-            "flat at or before the frame), and the product (SCI, BPM, ERR) is written atomically "
-            "under the data directory. Prints the masters used.")  # fmt: skip
+            "masters are selected from the registry (bias and dark closest in time, the flat of "
+            "the latest night at or before the frame's), and the product (SCI, BPM, ERR, CAT) is "
+            "written atomically under the data directory and recorded as the frame's new "
+            "reduction (the previous one stays in its history: `pylcogt provenance FRAME "
+            "--history`). Prints the masters used, with their checksums. With --as-of, the "
+            "registry as it stood then: masters registered by then and not yet superseded or "
+            "marked bad; masters never change, so this reproduces a product made then, bit for "
+            "bit (--output-dir writes it elsewhere and records nothing).")  # fmt: skip
     p.add_argument("files", nargs="+", metavar="FILE", help="raw science frames")
-    p.add_argument("--as-of", metavar="TIME", help="use only masters created before this UTC time")
+    p.add_argument("--as-of", metavar="TIME",
+                   help="select masters as the registry stood at this UTC time "
+                        "(ISO, e.g. 2026-11-29T03:00:00)")  # fmt: skip
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="write the products into DIR and record nothing (a reproduction)")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per frame")
 
     p = add("stack", "build a night's master calibration from its registered frames",
             "Build the master bias, dark or sky flat of one night (DAY-OBS) and instrument from "
             "the registered frames (afternoon and morning sets together; one master per binning, "
             "readout mode and, for flats, filter), write it and register it with its inputs. "
-            "Darks need a master bias, flats a bias and a dark.")  # fmt: skip
+            "Darks need a master bias, flats a bias and a dark. Masters never change: a rebuild "
+            "registers a new master (its version in its file name) that supersedes the group's "
+            "previous one, and when the group's current master is already made from the same "
+            "frames nothing is built. A master built while its night goes on is provisional, "
+            "one built once the night is over (or closed: `pylcogt night close`) "
+            "final.")  # fmt: skip
     p.add_argument("--instrument", required=True, help="camera, e.g. fa15")
     p.add_argument("--night", required=True, type=_parse_night, help="DAY-OBS, YYYYMMDD")
     p.add_argument(
@@ -846,6 +916,23 @@ def build_parser() -> argparse.ArgumentParser:
     cli_solve.add_solve_command(add, common)
     cli_refcat.add_refcat_command(add, common)
     cli_qc.add_qc_command(add, common)
+
+    night = add("night", "declare an instrument's night over (its calibrations final)",
+                "Masters built while a night goes on are provisional; the night is over at "
+                "local noon after it (from the site's longitude), when they are built once more "
+                "as final masters. `night close` ends it now, for instruments whose observing "
+                "and calibration plan is done (the scheduler knows before noon): from then on "
+                "its groups are complete and the worker finalizes its masters and reductions. "
+                "Frames that still arrive are handled like late frames. Closing twice changes "
+                "nothing.")  # fmt: skip
+    n_sub = night.add_subparsers(dest="night_command", required=True, metavar="ACTION")
+    p = n_sub.add_parser("close", help="declare night NIGHT over now", parents=[common])
+    p.add_argument("night", type=_parse_night, metavar="NIGHT", help="DAY-OBS, YYYYMMDD")
+    p.add_argument("--instrument", action="append", metavar="CAM",
+                   help="only this camera (repeatable; default: every camera with frames that "
+                        "night)")  # fmt: skip
+    p.add_argument("--reason", help="why (recorded)")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per camera")
 
     p = add(
         "simulate",
@@ -923,6 +1010,7 @@ COMMANDS = {
     "solve": cli_solve.cmd_solve,
     "refcat": cli_refcat.cmd_refcat,
     "qc": cli_qc.cmd_qc,
+    "night": cmd_night,
 }
 
 
@@ -943,7 +1031,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         settings = load_settings(args.database_url, args.data_dir, args.crosstalk_file,
-                                 args.index_dir, args.refcat)  # fmt: skip
+                                 args.index_dir, args.refcat,
+                                 keep_products=args.keep_products)  # fmt: skip
         return COMMANDS[args.command](args, settings)
     except ConfigurationError as exc:
         print(f"pylcogt: error: {exc}", file=sys.stderr)

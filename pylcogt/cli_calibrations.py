@@ -14,8 +14,8 @@ from pylcogt.errors import ConfigurationError
 
 __all__ = ["add_parsers", "cmd_calibrations", "cmd_provenance"]
 
-LIST_COLUMNS = ["id", "type", "instrument", "filter", "binning", "dayobs", "effective_time",
-                "path", "is_bad", "n_inputs"]  # fmt: skip
+LIST_COLUMNS = ["id", "type", "instrument", "filter", "binning", "dayobs", "version", "standing",
+                "effective_time", "n_inputs", "path"]  # fmt: skip
 
 
 def _cli():
@@ -31,9 +31,13 @@ def _when(value: dt.datetime | None) -> str:
 def _master_line(m: dict[str, Any]) -> str:
     label = " ".join(x for x in (m["type"], m["instrument"], m["binning"], m["filter"]) if x)
     bad = f"  BAD: {m['bad_reason'] or 'no reason given'}" if m["is_bad"] else ""
+    standing = m.get("standing") or m.get("calibration_status", "")
+    if m.get("superseded_by"):
+        standing += f" by master {m['superseded_by']}"
     return (
-        f"master {m['id']}  {label}  night {m['dayobs']:%Y%m%d}  effective "
-        f"{_when(m['effective_time'])}  {m['n_inputs']} inputs  {m['path']}{bad}"
+        f"master {m['id']}  {label}  night {m['dayobs']:%Y%m%d}  v{m.get('version', 1)} "
+        f"{standing}  effective {_when(m['effective_time'])}  {m['n_inputs']} inputs  "
+        f"{m['path']}{bad}"
     )
 
 
@@ -57,7 +61,8 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
     cli = _cli()
     masters = list_masters(cli._maker(settings), instrument=args.instrument, type=args.type,
-                           night=args.night, filter=args.filter)  # fmt: skip
+                           night=args.night, filter=args.filter,
+                           current_only=args.current)  # fmt: skip
     rows = to_dict(masters)
     if args.json:
         cli._print_json(rows)
@@ -132,7 +137,7 @@ def cmd_provenance(args: argparse.Namespace, settings: Settings) -> int:
     from pylcogt.provenance import provenance, to_dict
 
     cli = _cli()
-    result = to_dict(provenance(cli._maker(settings), args.target))
+    result = to_dict(provenance(cli._maker(settings), args.target, history=args.history))
     if args.json:
         cli._print_json(result)
     elif result["kind"] == "frame":
@@ -152,12 +157,19 @@ def _print_frame(p: dict[str, Any]) -> None:
     if f["last_error"]:
         print(f"  note     {f['last_error']}")
     science = f["obstype"] not in ("BIAS", "DARK", "SKYFLAT")
+    if p["reduction"]:
+        _print_reduction(p["reduction"], "current")
     if not p["masters"]:
         print("  no masters recorded" + (" (not reduced yet)" if science else ""))
     else:
         print("  reduced with:" if science else "  prepared with:")
+    checksums = {m["role"]: m for m in (p["reduction"] or {}).get("masters", [])}
     for used in p["masters"]:
         print(f"    {used['role']:5s} {_master_line(used['master'])}")
+        if used["role"] in checksums:
+            recorded = checksums[used["role"]]
+            same = "the registered file" if recorded["checksum_matches"] else "NOT the registered"
+            print(f"          sha256 {recorded['checksum']} ({same})")
         print(f"          stacked from {len(used['inputs'])} frames:")
         for frame in used["inputs"]:
             print(f"            {_frame_line(frame)}")
@@ -165,6 +177,26 @@ def _print_frame(p: dict[str, Any]) -> None:
             print(f"          inputs prepared with {up['role']} master {up['master']['id']}")
     for m in p["stacked_into"]:
         print(f"  stacked into {_master_line(m)}")
+    if p["history"]:
+        print(f"  earlier reductions ({len(p['history'])}), newest first:")
+        for r in p["history"]:
+            _print_reduction(r, "superseded", indent="    ")
+
+
+def _print_reduction(r: dict[str, Any], what: str, indent: str = "  ") -> None:
+    print(f"{indent}reduction {r['id']} ({what}, {r['calibration_status']}): {r['reason']}")
+    print(f"{indent}  finished {_when(r['finished_at'])} by {r['worker'] or '?'}, pylcogt "
+          f"{r['pipeline_version'] or '(not recorded)'}"
+          + (f", as of {_when(r['as_of'])}" if r["as_of"] else ""))  # fmt: skip
+    product = r["kept_path"] or r["product_path"]
+    kept = "" if what == "current" else (" (kept)" if r["kept_path"] else " (replaced since)")
+    print(f"{indent}  product {product}{kept}  sha256 {r['product_checksum'] or '(not recorded)'}")
+    if what != "current":
+        masters = ", ".join(f"{m['role']} {m['master']['id']}" for m in r["masters"])
+        print(f"{indent}  masters {masters}")
+        if r["replaced_because"]:
+            print(f"{indent}  replaced {_when(r['superseded_at'])} by reduction "
+                  f"{r['superseded_by']}: {r['replaced_because']}")  # fmt: skip
 
 
 def _print_master(p: dict[str, Any]) -> None:
@@ -174,9 +206,17 @@ def _print_master(p: dict[str, Any]) -> None:
         print(f"    {_frame_line(frame)}")
     for up in p["prepared_with"]:
         print(f"  inputs prepared with {up['role']} {_master_line(up['master'])}")
+    print(f"  sha256 {p['master']['checksum']}")
+    if p["superseded_by"]:
+        print(f"  superseded {_when(p['master']['superseded_at'])} by "
+              f"{_master_line(p['superseded_by'])}")  # fmt: skip
     print(f"  reduced frames that used it ({len(p['reduced_frames'])}):")
     for use in p["reduced_frames"]:
         print(f"    {_frame_line(use['frame'], use['role'])}")
+    if p["earlier_reductions"]:
+        print(f"  frames it reduced before they were redone ({len(p['earlier_reductions'])}):")
+        for use in p["earlier_reductions"]:
+            print(f"    {_frame_line(use['frame'], use['role'])}")
     if p["prepared_frames"]:
         print(f"  calibration frames prepared with it ({len(p['prepared_frames'])}):")
         for use in p["prepared_frames"]:
@@ -214,6 +254,9 @@ def add_parsers(
     p.add_argument("--type", type=str.upper, choices=["BIAS", "DARK", "SKYFLAT", "BPM"])
     p.add_argument("--night", type=parse_night, help="only this DAY-OBS (YYYYMMDD)")
     p.add_argument("--filter", help="only this filter (flats), e.g. rp")
+    p.add_argument("--current", action="store_true",
+                   help="only current masters (neither bad nor superseded: what selection may "
+                        "choose)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per master")
 
     p = c_sub.add_parser(
@@ -246,14 +289,20 @@ def add_parsers(
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
     p = add("provenance", "show where a frame or master came from and what used it",
-            "For a reduced frame (raw path, product path, file name or frame id): the masters "
-            "it was reduced with (role, id, path, effective time) and the raw frames stacked "
-            "into each. For a master (master:ID or its path): its inputs, the masters they were "
-            "prepared with, every frame reduced with it and every master built from frames "
-            "prepared with it.")  # fmt: skip
+            "For a reduced frame (raw path, product path, file name or frame id): its current "
+            "reduction (when, pipeline version, provisional or final, why it was made, the "
+            "product's sha256) and the masters it used (role, id, version, standing, path, the "
+            "sha256 of the file as read) with the raw frames stacked into each; --history adds "
+            "every earlier reduction and why it was replaced. For a master (master:ID or its "
+            "path): its inputs, the masters they were prepared with, its standing (provisional, "
+            "final, superseded by, bad), every frame reduced with it (now, and before they were "
+            "redone) and every master built from frames prepared with it.")  # fmt: skip
     p.add_argument(
         "target",
         metavar="FRAME_OR_PRODUCT",
         help="frame id, raw or product path, file name, master:ID or master path",
     )
+    p.add_argument("--history", action="store_true",
+                   help="a frame's earlier reductions too, newest first, and why each was "
+                        "replaced")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")

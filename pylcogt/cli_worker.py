@@ -16,9 +16,16 @@ __all__ = ["add_worker_command"]
 DESCRIPTION = """\
 Process the registry until stopped: check each calibration frame, build a night's master bias,
 dark, flats and bad-pixel mask once its group is complete, and reduce science frames with them.
-Frames are taken oldest night first, bias before dark before flat before science; a science
-frame waits until its night's masters are built (or can be retried: `waiting_calibration`
-frames are woken when their masters exist). Run any number of workers, on any number of
+Frames are taken oldest night first, bias before dark before flat before science.
+
+Live nights: a master built while its night goes on is provisional. A science frame does not
+wait for its night's calibration groups to be complete (their --quiet-time): it is reduced at
+once with the best masters there are (an earlier night's), provisionally (L1CALST), and reduced
+again when a better master arrives (tonight's, the morning flats'); it waits only when no usable
+master exists at all (`waiting_calibration`, woken when its masters exist). Once the night is
+over (local noon, or `pylcogt night close`) its masters are built as final (promoted when
+nothing changed, without redoing anything) and its reductions become final. --no-rereduce keeps
+provisional products as they are. Run any number of workers, on any number of
 machines sharing one PostgreSQL database: they never take the same frame or build the same
 master; a frame whose worker died is taken over once its lease expires.
 
@@ -38,8 +45,9 @@ the worker exits; a second signal interrupts at once.
 
 JSON_HELP = (
     "print one JSON object when the worker stops: {processed, done, reduced, checked, failed, "
-    "waiting, retried, released, lost_lease, masters_built, masters: [...], registry: "
-    "{state: count}, groups_not_built: [{type, dayobs, ..., reason}]}"
+    "waiting, retried, released, lost_lease, masters_built, masters: [...], masters_unchanged, "
+    "masters_promoted, requeued_for_better_calibration, reductions_promoted, provisional_kept, "
+    "registry: {state: count}, groups_not_built: [{type, dayobs, ..., reason}]}"
 )
 
 
@@ -77,6 +85,10 @@ def add_worker_command(
     p.add_argument("--shutdown-grace", type=_seconds, default=20.0, metavar="SECONDS",
                    help="after SIGTERM, time the current frame may take before it is released "
                         "(default: %(default)g)")  # fmt: skip
+    p.add_argument("--no-rereduce", action="store_true",
+                   help="keep provisional products as they are when a better master arrives "
+                        "(env PYLCOGT_REREDUCE=0); frames reduced with a master marked bad are "
+                        "redone regardless")  # fmt: skip
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     return cmd_worker
 
@@ -117,6 +129,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         retry_cap_s=max(1800.0, args.retry_delay),
         shutdown_grace_s=args.shutdown_grace,
         until_idle=args.until_idle,
+        rereduce=not args.no_rereduce,
     )
     _maker(settings)  # the schema exists and is current (exit 3 when unreachable)
     if not args.quiet:  # one line per frame is the worker's normal output
@@ -152,6 +165,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         for m in result["masters"]:
             label = " ".join(x for x in (m["type"], m["dayobs"], m["binning"], m["filter"]) if x)
             print(f"  master {m['id']} {label}: {m['path']}")
+        if result["requeued_for_better_calibration"] or result["reductions_promoted"]:
+            print(f"live night: {result['requeued_for_better_calibration']} frame(s) re-queued "
+                  f"for a better calibration, {result['reductions_promoted']} reduction(s) "
+                  f"promoted to final, {result['masters_promoted']} master(s) promoted to "
+                  f"final")  # fmt: skip
         print(f"registry: {registry or 'empty'}")
         for g in result["groups_not_built"]:
             label = " ".join(x for x in (g["type"], g["dayobs"], g["binning"], g["filter"]) if x)

@@ -17,6 +17,11 @@ Each setting comes from, in order: the CLI option, the environment variable, the
 - ``PYLCOGT_REFCAT_BRIGHT_MAG``: reference stars brighter than this are not used for zero points
   (default 14.0: Pan-STARRS 1 saturates near 13.5; ``none`` for catalogues without that limit,
   e.g. wide-field cameras calibrated on brighter stars).
+- ``PYLCOGT_KEEP_PRODUCTS`` / ``--keep-products``: when a frame is reduced again, keep the
+  superseded product (``processed/superseded/NAME.red<ID>.fits.fz``) instead of replacing it.
+  Default: off (the reduction history keeps every product's checksum and masters either way).
+- ``PYLCOGT_REREDUCE``: ``0`` (or ``no``/``off``) keeps provisional products as they are when a
+  better master arrives (the worker's ``--no-rereduce``). Default: on.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ __all__ = [
     "INDEX_DIR_ENV",
     "REFCAT_ENV",
     "REFCAT_BRIGHT_ENV",
+    "KEEP_PRODUCTS_ENV",
+    "REREDUCE_ENV",
     "DEFAULT_INDEX_DIR",
 ]
 
@@ -49,6 +56,8 @@ CROSSTALK_FILE_ENV = "PYLCOGT_CROSSTALK_FILE"
 INDEX_DIR_ENV = "PYLCOGT_INDEX_DIR"
 REFCAT_ENV = "PYLCOGT_REFCAT"
 REFCAT_BRIGHT_ENV = "PYLCOGT_REFCAT_BRIGHT_MAG"
+KEEP_PRODUCTS_ENV = "PYLCOGT_KEEP_PRODUCTS"
+REREDUCE_ENV = "PYLCOGT_REREDUCE"
 DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 DEFAULT_SQLITE_NAME = "pylcogt.db"
 DEFAULT_DATA_DIR_NAME = "pylcogt-data"
@@ -67,6 +76,10 @@ class Settings:
     refcat: Path | None = None
     #: reference stars brighter than this (mag) are not used for zero points; ``None``: all
     refcat_bright_mag: float | None = 14.0
+    #: keep a frame's superseded products (``processed/superseded/``) when it is reduced again
+    keep_products: bool = False
+    #: reduce provisional products again when a better master arrives
+    rereduce: bool = True
 
     @property
     def safe_database_url(self) -> str:
@@ -109,6 +122,7 @@ def load_settings(
     crosstalk_file: str | os.PathLike | None = None,
     index_dir: str | os.PathLike | None = None,
     refcat: str | os.PathLike | None = None,
+    keep_products: bool | None = None,
 ) -> Settings:
     """Resolve settings from explicit values, then the environment, then the defaults."""
     url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{DEFAULT_SQLITE_NAME}"
@@ -123,7 +137,21 @@ def load_settings(
         index_dir=None if index.lower() in ("none", "off") else Path(index).expanduser().resolve(),
         refcat=Path(reference).expanduser().resolve() if reference else None,
         refcat_bright_mag=_bright_mag(os.environ.get(REFCAT_BRIGHT_ENV)),
+        keep_products=keep_products if keep_products else _flag(KEEP_PRODUCTS_ENV, False),
+        rereduce=_flag(REREDUCE_ENV, True),
     )
+
+
+def _flag(name: str, default: bool) -> bool:
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "yes", "on", "true"):
+        return True
+    if text in ("0", "no", "off", "false"):
+        return False
+    msg = f"{name}={text!r} is not a yes/no setting; give 1 or 0"
+    raise ConfigurationError(msg)
 
 
 def _bright_mag(text: str | None) -> float | None:

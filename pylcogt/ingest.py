@@ -7,7 +7,8 @@ and recorded in its own transaction:
 - ``new``: first time this path is seen;
 - ``unchanged``: same path and same sha256 as registered (its row is not touched);
 - ``updated``: same path, new content: header columns refreshed, state reset to ``pending``
-  (attempts, error, product and lease cleared, the old product's provenance rows deleted);
+  (attempts, error, product and lease cleared; the frame's current reduction, made from the old
+  content, is marked superseded and stays in its history);
 - ``rejected``: the file cannot be used; recorded with state ``rejected`` and the reason.
 
 For an archive with its own hook (instead of ``pylcogt ingest --watch DIR``, see
@@ -35,16 +36,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from pylcogt import lifecycle
 from pylcogt.db import repo
-from pylcogt.db.models import FrameCalibration, FrameState, RawFrame, utcnow
+from pylcogt.db.models import FrameState, RawFrame, utcnow
 from pylcogt.db.session import writer
 from pylcogt.errors import UnprocessableFrameError
 from pylcogt.io.raw_header import FrameMetadata, read_frame_metadata
 from pylcogt.io.scan import scan_fits, sha256_file
+from pylcogt.lifecycle import FrameEvent
 
 __all__ = [
     "FileFacts",
@@ -130,19 +132,25 @@ def _apply_metadata(frame: RawFrame, meta: FrameMetadata, instrument_id: int) ->
 
 
 def _reset_processing(
-    session: Session, frame: RawFrame, state: FrameState, error: str | None
+    session: Session, frame: RawFrame, frame_event: FrameEvent, error: str | None
 ) -> None:
-    frame.state = state
+    """A new frame, or a registered one whose content changed: ``pending`` (or ``rejected``)
+    from scratch. A worker holding it loses its lease (the fencing token moves on)."""
+    if frame.state is FrameState.PROCESSING:
+        frame.lease_token = (frame.lease_token or 0) + 1
+    lifecycle.apply_frame_event(frame, frame_event)
     frame.attempts = 0
     frame.last_error = error
     frame.product_path = None
+    frame.redo_reason = None
     frame.next_attempt_at = None
+    frame.quiet_until = None
     frame.lease_owner = None
     frame.lease_expires_at = None
     frame.calibration_cutoff = None  # a backfill sets it again on the frames it ingests
     if frame.id is not None:
-        # the old product is gone with the old content: so is the record of how it was made
-        session.execute(delete(FrameCalibration).where(FrameCalibration.frame_id == frame.id))
+        # the product was made from the old content: its reduction is history now
+        lifecycle.supersede_current_reduction(session, frame.id, utcnow())
 
 
 def _clear_metadata(frame: RawFrame) -> None:
@@ -205,23 +213,21 @@ def record_file(session: Session, facts: FileFacts) -> IngestResult:
 
     status = "new" if frame is None else "updated"
     if frame is None:
-        frame = RawFrame(
-            path=key, filename=facts.path.name, lease_token=0, attempts=0, state=FrameState.PENDING
-        )
+        frame = RawFrame(path=key, filename=facts.path.name, lease_token=0, attempts=0)
     frame.checksum = facts.checksum
     frame.file_size = facts.size
     frame.ingested_at = utcnow()
 
     if facts.error is not None or instrument is None:
         _clear_metadata(frame)
-        _reset_processing(session, frame, FrameState.REJECTED, str(facts.error))
+        _reset_processing(session, frame, FrameEvent.REJECTED, str(facts.error))
         session.add(frame)
         session.flush()
         log.warning("rejected %s: %s", key, facts.error, extra={"frame_path": key})
         return _result(frame, "rejected")
 
     _apply_metadata(frame, facts.meta, instrument.id)
-    _reset_processing(session, frame, FrameState.PENDING, None)
+    _reset_processing(session, frame, FrameEvent.UPDATED, None)
     session.add(frame)
     session.flush()
     result = _result(frame, status)

@@ -8,7 +8,12 @@ header can make pylcogt write outside its data directory.
 Layout under the data directory::
 
     {site}/{camera}/{YYYYMMDD}/processed/{raw stem with 00 -> 91}.fits.fz
-    {site}/{camera}/{YYYYMMDD}/masters/{camera}-{type}-{YYYYMMDD}-bin{NxN}[-{mode}][-{filter}].fits.fz
+    {site}/{camera}/{YYYYMMDD}/processed/superseded/{product stem}.red{ID}.fits.fz
+    {site}/{camera}/{YYYYMMDD}/masters/{camera}-{type}-{YYYYMMDD}-bin{NxN}[-{mode}][-{filter}][-v{N}].fits.fz
+
+A master's version ``N`` (2, 3..: the rebuilds of its group) is in its name, so no master file is
+ever written twice. A superseded product is kept (``PYLCOGT_KEEP_PRODUCTS``) under the id of the
+reduction that made it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from pylcogt.errors import UnprocessableFrameError
 
-__all__ = ["safe_component", "product_path", "master_path", "raw_stem"]
+__all__ = ["safe_component", "product_path", "kept_product_path", "master_path", "raw_stem"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _RAW_SUFFIXES = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fts", ".fz")
@@ -75,6 +80,14 @@ def product_path(
     return _inside(Path(data_dir), path)
 
 
+def kept_product_path(product: Path, reduction_id: int) -> Path:
+    """Where the product of superseded reduction ``reduction_id`` is kept (beside the current
+    product, in ``superseded/``)."""
+    product = Path(product)
+    stem = product.name.removesuffix(".fits.fz")
+    return product.parent / "superseded" / f"{stem}.red{int(reduction_id)}.fits.fz"
+
+
 def master_path(
     data_dir: Path,
     *,
@@ -85,8 +98,9 @@ def master_path(
     binning: str,
     readout_mode: str = "",
     filter_name: str = "",
+    version: int = 1,
 ) -> Path:
-    """The file of a night's master calibration of one kind."""
+    """The file of a night's master calibration of one kind (``version`` 2 and up: ``-vN``)."""
     parts = [
         safe_component(camera, "INSTRUME"),
         safe_component(obstype.lower(), "OBSTYPE"),
@@ -97,5 +111,7 @@ def master_path(
         parts.append(safe_component(readout_mode, "CONFMODE"))
     if filter_name:
         parts.append(safe_component(filter_name, "FILTER"))
+    if version > 1:
+        parts.append(f"v{int(version)}")
     path = _night_dir(data_dir, site, camera, dayobs) / "masters" / ("-".join(parts) + ".fits.fz")
     return _inside(Path(data_dir), path)

@@ -37,12 +37,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LoadedMaster:
-    """A master read from disk, with its registry id (``fallback_later``: a flat taken after
-    the frame because none exists before)."""
+    """A master read from disk, with its registry id, the sha256 of its file and its
+    calibration status (``provisional`` or ``final``); ``fallback_later``: a flat taken after
+    the frame's night because none exists before."""
 
     frame: Frame
     master_id: int | None = None
     fallback_later: bool = False
+    checksum: str | None = None
+    calibration_status: str | None = None
 
 
 @dataclass(frozen=True)

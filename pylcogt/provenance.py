@@ -11,6 +11,8 @@ kept, compared and printed after the session is gone::
     prov.list_masters(url, instrument="fa15", type="BIAS")
     p = prov.frame_provenance(url, "/data/lsc/fa15/20261128/processed/...-e91.fits.fz")
     [(m.role, m.master.id, len(m.inputs)) for m in p.masters]
+    p = prov.frame_provenance(url, 42, history=True)      # every reduction of frame 42
+    [(r.id, r.status, r.calibration_status, r.reason) for r in (p.reduction, *p.history)]
     plan = prov.bad_cascade(url, 12)                      # what marking master 12 bad would redo
     plan = prov.mark_bad(url, 12, reason="light leak")    # do it (one transaction)
     prov.mark_good(url, 12)                               # undo the mark on master 12 only
@@ -19,9 +21,11 @@ With a URL or a sessionmaker the write functions commit their one transaction; w
 they only flush and leave committing (or rolling back) to the caller, like :mod:`pylcogt.db.repo`.
 
 Provenance links (see ``docs/registry.rst``): ``master_inputs`` holds the raw frames stacked into
-each master; ``frame_calibrations`` the masters used, by role, to reduce a science frame *and* to
-prepare a calibration frame before it was stacked (a dark frame's bias, a flat frame's bias and
-dark). The mark-bad cascade follows both:
+each master (with their checksum then) and the masters each was prepared with before it was
+stacked (a dark frame's bias, a flat frame's bias and dark); ``reductions`` holds every reduction
+of a science frame, current or superseded, and ``reduction_masters`` the masters each used, by
+role, with the sha256 of the master's file as it was read. Masters are immutable, so a master id
+(with its checksum) names exactly the content used. The mark-bad cascade follows both:
 
 1. The master is marked bad (``is_bad``, ``bad_reason`` = time and reason).
 2. A good master built from frames prepared with a bad master (a dark or flat made with a bad
@@ -29,11 +33,12 @@ dark). The mark-bad cascade follows both:
    ("built from frames prepared with bad master N"); so is a bad-pixel mask derived from a bad dark
    or flat (it shares their input frames: "derived from bad master N"). Repeated until nothing
    new is found. Masters already bad are left alone (their cascade was done when they were marked).
-3. Every frame (any state but ``rejected``) that used a master marked bad in this cascade is
-   re-queued: state ``pending``, attempts 0, ``last_error`` saying why, ``next_attempt_at``
-   cleared, product and provenance rows kept until the worker replaces them. A frame being
-   processed loses its lease (owner cleared, fencing token incremented) so that the worker holding
-   it cannot record a result made with the bad master.
+3. Every frame whose current reduction used a master marked bad in this cascade is re-queued:
+   state ``pending``, attempts 0, ``last_error`` and ``redo_reason`` saying why,
+   ``next_attempt_at`` cleared, product and reduction kept until the worker replaces them (the
+   reduction becomes ``superseded`` then, and stays in the history). A frame being processed
+   loses its lease (owner cleared, fencing token incremented) so that the worker holding it
+   cannot record a result made with the bad master.
 4. The input frames of each dark or flat master marked bad by the cascade (not of the master marked
    bad by hand: the same frames would make the same master, and not of a bad-pixel mask, whose
    inputs belong to the dark and flats) are re-queued the same way, so that the worker, finding
@@ -55,23 +60,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.orm import Session, aliased, joinedload, sessionmaker
 
+from pylcogt import lifecycle
 from pylcogt.db.models import (
     CalibrationRole,
     CalibrationType,
-    FrameCalibration,
     FrameState,
     Instrument,
     MasterCalibration,
     MasterInput,
     MasterJob,
     RawFrame,
+    Reduction,
+    ReductionMaster,
+    ReductionStatus,
+    current_master,
     utcnow,
 )
 from pylcogt.errors import PylcogtError
 from pylcogt.instruments import CALIBRATION_OBSTYPES
+from pylcogt.lifecycle import FrameEvent, frame_transition, requeue_values
 
 __all__ = [
     "NotRegisteredError",
@@ -80,6 +90,8 @@ __all__ = [
     "MasterUse",
     "FrameUse",
     "UsedMaster",
+    "ReductionMasterInfo",
+    "ReductionInfo",
     "FrameProvenance",
     "MasterProvenance",
     "RedoNode",
@@ -108,7 +120,9 @@ class NotRegisteredError(PylcogtError, LookupError):
 # --- plain results ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MasterInfo:
-    """A registered master calibration. ``effective_time`` is the mean DATE-OBS of its inputs."""
+    """A registered master calibration. ``effective_time`` is the mean DATE-OBS of its inputs;
+    ``version`` its rank among its group's masters; ``calibration_status`` ``provisional`` or
+    ``final``; ``superseded_by`` the master that replaced it (``None``: current, unless bad)."""
 
     id: int
     type: str
@@ -124,6 +138,20 @@ class MasterInfo:
     bad_reason: str | None
     n_inputs: int
     created_at: dt.datetime
+    version: int = 1
+    checksum: str = ""
+    calibration_status: str = "final"
+    finalized_at: dt.datetime | None = None
+    superseded_by: int | None = None
+    superseded_at: dt.datetime | None = None
+    bad_at: dt.datetime | None = None
+
+    @property
+    def standing(self) -> str:
+        """``bad``, ``superseded``, or the calibration status of a current master."""
+        if self.is_bad:
+            return "bad"
+        return "superseded" if self.superseded_at is not None else self.calibration_status
 
 
 @dataclass(frozen=True)
@@ -173,17 +201,60 @@ class UsedMaster:
 
 
 @dataclass(frozen=True)
+class ReductionMasterInfo:
+    """A master a reduction used: its role, the master, the sha256 of its file as it was read
+    (``checksum``; ``checksum_matches``: the registry's checksum of that master is the same,
+    as it always is for masters, which never change), and whether a flat came from later."""
+
+    role: str
+    master: MasterInfo
+    checksum: str
+    checksum_matches: bool
+    fallback_later: bool
+
+
+@dataclass(frozen=True)
+class ReductionInfo:
+    """One reduction of a science frame (:class:`pylcogt.db.models.Reduction`): ``status``
+    ``current`` or ``superseded``, ``calibration_status`` ``provisional`` or ``final``,
+    ``reason`` why it was made, its product and the masters it used. ``replaced_because``: for
+    a superseded reduction, the reason of the reduction that replaced it."""
+
+    id: int
+    status: str
+    calibration_status: str
+    reason: str
+    started_at: dt.datetime | None
+    finished_at: dt.datetime
+    finalized_at: dt.datetime | None
+    pipeline_version: str | None
+    worker: str | None
+    as_of: dt.datetime | None
+    product_path: str
+    product_checksum: str | None
+    kept_path: str | None
+    superseded_at: dt.datetime | None
+    superseded_by: int | None
+    replaced_because: str | None
+    masters: tuple[ReductionMasterInfo, ...]
+
+
+@dataclass(frozen=True)
 class FrameProvenance:
     """Where a raw frame's result came from.
 
-    ``masters``: for a science frame the masters it was reduced with; for a calibration frame
-    the masters it was prepared with before stacking. ``stacked_into``: the masters a calibration
-    frame went into.
+    ``masters``: for a science frame the masters its current reduction used; for a calibration
+    frame the masters it was prepared with before stacking (for the latest master it went
+    into). ``stacked_into``: the masters a calibration frame went into. ``reduction``: a science
+    frame's current reduction; ``history``: its earlier reductions, newest first (only when
+    asked for, ``history=True``).
     """
 
     frame: FrameInfo
     masters: tuple[UsedMaster, ...]
     stacked_into: tuple[MasterInfo, ...]
+    reduction: ReductionInfo | None = None
+    history: tuple[ReductionInfo, ...] = ()
     kind: str = "frame"
 
 
@@ -192,9 +263,11 @@ class MasterProvenance:
     """A master, what it was made from, and what it was used for.
 
     ``inputs``: raw frames stacked into it; ``prepared_with``: masters its inputs were prepared
-    with; ``reduced_frames``: science frames reduced with it; ``prepared_frames``: calibration
-    frames prepared with it; ``derived_masters``: masters built from frames prepared with it, and
-    bad-pixel masks derived from it.
+    with; ``reduced_frames``: science frames whose current reduction used it;
+    ``earlier_reductions``: frames it was used for in reductions that were redone since;
+    ``prepared_frames``: calibration frames prepared with it; ``derived_masters``: masters built
+    from frames prepared with it, and bad-pixel masks derived from it; ``superseded_by``: the
+    master that replaced it.
     """
 
     master: MasterInfo
@@ -203,6 +276,8 @@ class MasterProvenance:
     reduced_frames: tuple[FrameUse, ...]
     prepared_frames: tuple[FrameUse, ...]
     derived_masters: tuple[MasterInfo, ...]
+    earlier_reductions: tuple[FrameUse, ...] = ()
+    superseded_by: MasterInfo | None = None
     kind: str = "master"
 
 
@@ -255,10 +330,24 @@ class MarkGoodResult:
 
 
 def to_dict(result: Any) -> Any:
-    """A result (or a list of them) as plain dicts and lists, for JSON (datetimes kept)."""
+    """A result (or a list of them) as plain dicts and lists, for JSON (datetimes kept); a
+    master's ``standing`` (bad, superseded, provisional or final) is included."""
     if isinstance(result, (list, tuple)):
         return [to_dict(r) for r in result]
-    return dataclasses.asdict(result)
+    return _with_standing(dataclasses.asdict(result))
+
+
+def _with_standing(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {k: _with_standing(v) for k, v in value.items()}
+        if {"is_bad", "superseded_at", "calibration_status"} <= out.keys():
+            out["standing"] = ("bad" if out["is_bad"] else "superseded"
+                               if out["superseded_at"] is not None
+                               else out["calibration_status"])  # fmt: skip
+        return out
+    if isinstance(value, list):
+        return [_with_standing(v) for v in value]
+    return value
 
 
 # --- sessions -----------------------------------------------------------------------------
@@ -302,7 +391,9 @@ def _master_info(m: MasterCalibration) -> MasterInfo:
         site=m.instrument.site.code, binning=m.binning, readout_mode=m.readout_mode,
         filter=m.filter_name, dayobs=m.dayobs, effective_time=m.dateobs, path=m.path,
         is_bad=bool(m.is_bad), bad_reason=m.bad_reason, n_inputs=m.n_inputs,
-        created_at=m.created_at,
+        created_at=m.created_at, version=m.version, checksum=m.checksum,
+        calibration_status=m.calibration_status.value, finalized_at=m.finalized_at,
+        superseded_by=m.superseded_by_id, superseded_at=m.superseded_at, bad_at=m.bad_at,
     )  # fmt: skip
 
 
@@ -366,11 +457,12 @@ def _resolve(session: Session, target: int | str) -> tuple[str, int]:
         return "frame", _frame_id(session, int(value))
     candidates = _path_candidates(value)
     for kind, column, model in (
-        ("frame", RawFrame.path, RawFrame),
-        ("frame", RawFrame.product_path, RawFrame),
-        ("master", MasterCalibration.path, MasterCalibration),
+        ("frame", RawFrame.path, RawFrame.id),
+        ("frame", RawFrame.product_path, RawFrame.id),
+        ("master", MasterCalibration.path, MasterCalibration.id),
+        ("frame", Reduction.kept_path, Reduction.frame_id),  # a superseded product kept
     ):
-        ids = session.scalars(select(model.id).where(column.in_(candidates))).all()
+        ids = session.scalars(select(model).where(column.in_(candidates)).distinct()).all()
         if len(ids) == 1:
             return kind, ids[0]
         if len(ids) > 1:
@@ -447,27 +539,61 @@ def _inputs_of(session: Session, master_ids: Iterable[int]) -> dict[int, list[Ra
     return out
 
 
-def _prepared_with(session: Session, frame_ids: Iterable[int]) -> list[tuple[str, int]]:
-    """Distinct (role, master id) used to prepare ``frame_ids``, in role order."""
+def _prepared_with(session: Session, master_ids: Iterable[int]) -> list[tuple[str, int]]:
+    """Distinct (role, master id) the inputs of ``master_ids`` were prepared with, role order."""
     pairs: set[tuple[str, int]] = set()
-    for chunk in _chunks(set(frame_ids)):
-        query = (
-            select(FrameCalibration.role, FrameCalibration.master_id)
-            .where(FrameCalibration.frame_id.in_(chunk))
-            .distinct()
+    mi = MasterInput
+    for chunk in _chunks(set(master_ids)):
+        rows = session.execute(
+            select(mi.bias_master_id, mi.dark_master_id).where(mi.master_id.in_(chunk)).distinct()
         )
-        pairs.update((role.value, mid) for role, mid in session.execute(query))
+        for bias, dark in rows:
+            pairs.update((role, mid) for role, mid in (("bias", bias), ("dark", dark)) if mid)
     return sorted(pairs, key=lambda p: (_ROLE_ORDER[p[0]], p[1]))
 
 
 def _users_of(session: Session, master_id: int) -> list[tuple[str, RawFrame]]:
-    """(role, frame) for every frame that used ``master_id``, oldest first."""
+    """(role, frame) for every science frame whose current reduction used ``master_id``, and
+    every calibration frame prepared with it (for a master it went into), oldest first."""
     query = (
-        select(FrameCalibration.role, RawFrame)
-        .join(RawFrame, RawFrame.id == FrameCalibration.frame_id)
+        select(ReductionMaster.role, RawFrame)
+        .join(Reduction, Reduction.id == ReductionMaster.reduction_id)
+        .join(RawFrame, RawFrame.id == Reduction.frame_id)
         .options(joinedload(RawFrame.instrument))
-        .where(FrameCalibration.master_id == master_id)
-    )
+        .where(ReductionMaster.master_id == master_id, Reduction.status == ReductionStatus.CURRENT)
+    )  # fmt: skip
+    rows = [(role.value, frame) for role, frame in session.execute(query).unique()]
+    prepared = (("bias", MasterInput.bias_master_id), ("dark", MasterInput.dark_master_id))
+    for role, column in prepared:
+        query = (
+            select(RawFrame)
+            .join(MasterInput, MasterInput.frame_id == RawFrame.id)
+            .options(joinedload(RawFrame.instrument))
+            .where(column == master_id)
+            .distinct()
+        )
+        rows += [(role, frame) for frame in session.scalars(query).unique()]
+    seen: set[tuple[str, int]] = set()
+    unique = []
+    for role, frame in rows:
+        if (role, frame.id) not in seen:
+            seen.add((role, frame.id))
+            unique.append((role, frame))
+    unique.sort(key=lambda r: _frame_order(r[1]))
+    return unique
+
+
+def _earlier_users_of(session: Session, master_id: int) -> list[tuple[str, RawFrame]]:
+    """(role, frame) for frames whose superseded reductions used ``master_id``."""
+    query = (
+        select(ReductionMaster.role, RawFrame)
+        .join(Reduction, Reduction.id == ReductionMaster.reduction_id)
+        .join(RawFrame, RawFrame.id == Reduction.frame_id)
+        .options(joinedload(RawFrame.instrument))
+        .where(ReductionMaster.master_id == master_id,
+               Reduction.status == ReductionStatus.SUPERSEDED)
+        .distinct()
+    )  # fmt: skip
     rows = [(role.value, frame) for role, frame in session.execute(query).unique()]
     rows.sort(key=lambda r: _frame_order(r[1]))
     return rows
@@ -478,10 +604,10 @@ def _derived_from(session: Session, master: MasterCalibration) -> list[tuple[int
     or (for a dark or flat) bad-pixel masks derived from it (sharing its input frames)."""
     query = (
         select(MasterInput.master_id)
-        .join(FrameCalibration, FrameCalibration.frame_id == MasterInput.frame_id)
-        .where(FrameCalibration.master_id == master.id, MasterInput.master_id != master.id)
+        .where(or_(MasterInput.bias_master_id == master.id,
+                   MasterInput.dark_master_id == master.id))
         .distinct()
-    )
+    )  # fmt: skip
     found = {mid: "built from frames prepared with" for mid in session.scalars(query)}
     if master.obstype in (CalibrationType.DARK, CalibrationType.SKYFLAT):
         mine, theirs = aliased(MasterInput), aliased(MasterInput)
@@ -510,9 +636,11 @@ def list_masters(
     night: dt.date | None = None,
     filter: str | None = None,  # noqa: A002
     include_bad: bool = True,
+    current_only: bool = False,
 ) -> list[MasterInfo]:
     """Registered masters in effective-time order, filtered by camera (``fa15``), type
-    (``BIAS``, ``DARK``, ``SKYFLAT``, ``BPM``), night (DAY-OBS) and filter."""
+    (``BIAS``, ``DARK``, ``SKYFLAT``, ``BPM``), night (DAY-OBS) and filter; ``current_only``:
+    neither bad nor superseded (what selection may choose)."""
     query = _masters_query().order_by(MasterCalibration.dateobs, MasterCalibration.id)
     if instrument:
         query = query.join(MasterCalibration.instrument).where(
@@ -526,29 +654,37 @@ def list_masters(
         query = query.where(MasterCalibration.filter_name == filter)
     if not include_bad:
         query = query.where(MasterCalibration.is_bad.is_(False))
+    if current_only:
+        query = query.where(current_master(MasterCalibration))
     with _session(source) as session:
         return [_master_info(m) for m in session.scalars(query).unique()]
 
 
-def provenance(source: SessionSource, target: int | str) -> FrameProvenance | MasterProvenance:
-    """The provenance of a raw frame (an id, ``frame:ID``, its raw path, its product path or its
-    file name) or of a master (``master:ID`` or its path)."""
+def provenance(
+    source: SessionSource, target: int | str, *, history: bool = False
+) -> FrameProvenance | MasterProvenance:
+    """The provenance of a raw frame (an id, ``frame:ID``, its raw path, its product path, a
+    kept product's path or its file name) or of a master (``master:ID`` or its path);
+    ``history``: a frame's earlier reductions too."""
     with _session(source) as session:
         kind, found = _resolve(session, target)
         if kind == "master":
             return _master_provenance(session, found)
-        return _frame_provenance(session, found)
+        return _frame_provenance(session, found, history=history)
 
 
-def frame_provenance(source: SessionSource, frame: int | str) -> FrameProvenance:
-    """The masters a frame was reduced (or prepared) with, each with its inputs; see
-    :class:`FrameProvenance`. ``frame``: an id, its raw path, its product path or its name."""
+def frame_provenance(
+    source: SessionSource, frame: int | str, *, history: bool = False
+) -> FrameProvenance:
+    """The masters a frame was reduced (or prepared) with, each with its inputs, and its current
+    reduction (``history``: and the earlier ones, newest first); see :class:`FrameProvenance`.
+    ``frame``: an id, its raw path, its product path or its name."""
     with _session(source) as session:
         kind, found = _resolve(session, frame)
         if kind != "frame":
             msg = f"{frame!r} is master calibration {found}: use master_provenance"
             raise NotRegisteredError(msg)
-        return _frame_provenance(session, found)
+        return _frame_provenance(session, found, history=history)
 
 
 def master_provenance(source: SessionSource, master: int | str) -> MasterProvenance:
@@ -558,49 +694,105 @@ def master_provenance(source: SessionSource, master: int | str) -> MasterProvena
         return _master_provenance(session, _resolve_master(session, master))
 
 
-def _frame_provenance(session: Session, frame_id: int) -> FrameProvenance:
+def _reductions(session: Session, frame_id: int) -> list[Reduction]:
+    """Every reduction of the frame, newest first, with its masters."""
+    query = (
+        select(Reduction)
+        .options(joinedload(Reduction.masters))
+        .where(Reduction.frame_id == frame_id)
+        .order_by(Reduction.id.desc())
+    )
+    return list(session.scalars(query).unique())
+
+
+def _reduction_info(
+    r: Reduction, masters: dict[int, MasterCalibration], replaced_because: str | None
+) -> ReductionInfo:
+    used = tuple(
+        ReductionMasterInfo(role=m.role.value, master=_master_info(masters[m.master_id]),
+                            checksum=m.master_checksum,
+                            checksum_matches=m.master_checksum == masters[m.master_id].checksum,
+                            fallback_later=bool(m.fallback_later))
+        for m in sorted(r.masters, key=lambda m: _ROLE_ORDER[m.role.value])
+    )  # fmt: skip
+    return ReductionInfo(
+        id=r.id, status=r.status.value, calibration_status=r.calibration_status.value,
+        reason=r.reason, started_at=r.started_at, finished_at=r.finished_at,
+        finalized_at=r.finalized_at, pipeline_version=r.pipeline_version, worker=r.worker,
+        as_of=r.as_of, product_path=r.product_path, product_checksum=r.product_checksum,
+        kept_path=r.kept_path, superseded_at=r.superseded_at, superseded_by=r.superseded_by_id,
+        replaced_because=replaced_because, masters=used,
+    )  # fmt: skip
+
+
+def _frame_provenance(session: Session, frame_id: int, *, history: bool = False) -> FrameProvenance:
     frame = session.scalars(_frames_query().where(RawFrame.id == frame_id)).one()
-    links = session.execute(
-        select(FrameCalibration.role, FrameCalibration.master_id).where(
-            FrameCalibration.frame_id == frame_id
-        )
-    ).all()
-    stacked = session.scalars(
-        select(MasterInput.master_id).where(MasterInput.frame_id == frame_id)
-    ).all()
-    masters = _load_masters(session, [mid for _, mid in links] + list(stacked))
+    reductions = _reductions(session, frame_id)
+    current = next((r for r in reductions if r.status is ReductionStatus.CURRENT), None)
+    stacked = session.execute(
+        select(MasterInput.master_id, MasterInput.bias_master_id, MasterInput.dark_master_id)
+        .where(MasterInput.frame_id == frame_id)
+        .order_by(MasterInput.master_id)
+    ).all()  # fmt: skip
+    if current is not None:
+        links = [(m.role.value, m.master_id) for m in current.masters]
+    elif stacked:  # a calibration frame: prepared with, for the latest master it went into
+        latest = stacked[-1]
+        for row in stacked:  # a mask made from the same frames shares their preparation
+            if row.bias_master_id or row.dark_master_id:
+                latest = row
+        links = [(role, mid) for role, mid in (("bias", latest.bias_master_id),
+                                               ("dark", latest.dark_master_id)) if mid]
+    else:
+        links = []
+    wanted = [mid for _, mid in links] + [row.master_id for row in stacked]
+    wanted += [m.master_id for r in (reductions if history else [current] if current else [])
+               for m in r.masters]  # fmt: skip
+    masters = _load_masters(session, wanted)
     inputs = _inputs_of(session, [mid for _, mid in links])
     used = []
-    for role, mid in sorted(links, key=lambda r: _ROLE_ORDER[r[0].value]):
+    for role, mid in sorted(links, key=lambda r: _ROLE_ORDER[r[0]]):
         frames = inputs.get(mid, [])
-        prepared = _prepared_with(session, [f.id for f in frames])
+        prepared = _prepared_with(session, [mid])
         upstream = _load_masters(session, [m for _, m in prepared])
         used.append(
             UsedMaster(
-                role=role.value,
+                role=role,
                 master=_master_info(masters[mid]),
                 inputs=tuple(_frame_info(f) for f in frames),
                 prepared_with=tuple(MasterUse(r, _master_info(upstream[m])) for r, m in prepared),
             )
         )
-    into = sorted((masters[mid] for mid in stacked), key=lambda m: m.id)
+    into = sorted((masters[row.master_id] for row in stacked), key=lambda m: m.id)
+    by_id = {r.id: r for r in reductions}
+
+    def info(r: Reduction) -> ReductionInfo:
+        successor = by_id.get(r.superseded_by_id) if r.superseded_by_id else None
+        return _reduction_info(r, masters, successor.reason if successor else None)
+
+    earlier = tuple(info(r) for r in reductions if r is not current) if history else ()
     return FrameProvenance(
         frame=_frame_info(frame),
         masters=tuple(used),
         stacked_into=tuple(_master_info(m) for m in into),
+        reduction=info(current) if current is not None else None,
+        history=earlier,
     )
 
 
 def _master_provenance(session: Session, master_id: int) -> MasterProvenance:
     master = _load_masters(session, [master_id])[master_id]
     inputs = _inputs_of(session, [master_id]).get(master_id, [])
-    prepared = _prepared_with(session, [f.id for f in inputs])
+    prepared = _prepared_with(session, [master_id])
     derived = _derived_from(session, master)
-    others = _load_masters(session, [m for _, m in prepared] + [m for m, _ in derived])
+    others = _load_masters(session, [m for _, m in prepared] + [m for m, _ in derived]
+                           + ([master.superseded_by_id] if master.superseded_by_id else []))
     reduced, prepared_frames = [], []
     for role, frame in _users_of(session, master_id):
         use = FrameUse(role, _frame_info(frame))
         (prepared_frames if frame.obstype in CALIBRATION_OBSTYPES else reduced).append(use)
+    earlier = [FrameUse(role, _frame_info(f)) for role, f in _earlier_users_of(session, master_id)]
+    successor = others.get(master.superseded_by_id) if master.superseded_by_id else None
     return MasterProvenance(
         master=_master_info(master),
         inputs=tuple(_frame_info(f) for f in inputs),
@@ -608,6 +800,8 @@ def _master_provenance(session: Session, master_id: int) -> MasterProvenance:
         reduced_frames=tuple(reduced),
         prepared_frames=tuple(prepared_frames),
         derived_masters=tuple(_master_info(others[m]) for m, _ in derived),
+        earlier_reductions=tuple(earlier),
+        superseded_by=_master_info(successor) if successor is not None else None,
     )
 
 
@@ -682,23 +876,22 @@ def _tree(c: _Cascade, mid: int, stamp: str) -> RedoNode:
     )
 
 
-def _requeue(frames: Iterable[RawFrame], last_error: str) -> None:
-    for frame in frames:
-        if frame.state is FrameState.PROCESSING:  # fence off the worker holding it
-            frame.lease_token = (frame.lease_token or 0) + 1
-        frame.lease_owner = None
-        frame.lease_expires_at = None
-        frame.state = FrameState.PENDING
-        frame.attempts = 0
-        frame.next_attempt_at = None
-        frame.last_error = last_error
+def _requeue(session: Session, frames: Iterable[RawFrame], why: str) -> None:
+    """Re-queue frames (:attr:`FrameEvent.REQUEUED`): a frame being processed loses its lease
+    (its fencing token moves on), so its worker records nothing made with the bad master."""
+    ids = [f.id for f in frames]
+    for chunk in _chunks(ids):
+        session.execute(
+            frame_transition(FrameEvent.REQUEUED, RawFrame.__table__.c.id.in_(chunk),
+                             **requeue_values(why, last_error=why))
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
 
 
-def _apply(c: _Cascade, stamp: str, session: Session) -> None:
+def _apply(c: _Cascade, stamp: str, session: Session, now: dt.datetime) -> None:
     for position, mid in enumerate(c.order):
         master = c.masters[mid]
-        master.is_bad = True
-        master.bad_reason = f"{stamp} {c.why[mid]}"
+        lifecycle.mark_master_bad(master, f"{stamp} {c.why[mid]}", now)
         if position > 0 and master.obstype is CalibrationType.BPM:
             # a mask derived from a bad dark or flat is derived again: forget its build job
             # (a mask marked bad by hand is not: the same masters would give the same mask)
@@ -712,8 +905,10 @@ def _apply(c: _Cascade, stamp: str, session: Session) -> None:
                 )
             )
         label = f"master {mid} ({master.obstype.value} {Path(master.path).name})"
-        _requeue(c.inputs.get(mid, []), f"re-queued {stamp} to rebuild {label}: {c.why[mid]}")
+        _requeue(session, c.inputs.get(mid, []),
+                 f"re-queued {stamp} to rebuild {label}: {c.why[mid]}")  # fmt: skip
         _requeue(
+            session,
             (f for _, f in c.users[mid]),
             f"re-queued {stamp}: reduced with {label}, marked bad: {c.why[mid]}",
         )
@@ -731,7 +926,8 @@ def _plan(session: Session, master: int | str, reason: str, *, dry_run: bool,
         node = RedoNode(_master_info(root), root.bad_reason or "", (), (), ())
         message = f"master {master_id} is already bad ({root.bad_reason}): nothing changed"
         return RedoPlan(master_id, reason, dry_run, True, False, node, (), (), message)
-    stamp = _stamp(now or utcnow())
+    now = now or utcnow()
+    stamp = _stamp(now)
     cascade = _compute_cascade(session, root, reason)
     tree = _tree(cascade, master_id, stamp)  # before the change: the states frames had
     frames = [f.id for m in cascade.order for f in cascade.inputs.get(m, [])]
@@ -742,7 +938,7 @@ def _plan(session: Session, master: int | str, reason: str, *, dry_run: bool,
         f"{'would re-queue' if dry_run else 're-queued'} {len(frames)} frame(s)"
     )
     if not dry_run:
-        _apply(cascade, stamp, session)
+        _apply(cascade, stamp, session, now)
     return RedoPlan(master_id=master_id, reason=reason, dry_run=dry_run, already_bad=False,
                     applied=not dry_run, root=tree, masters=tuple(cascade.order),
                     frames=tuple(frames), message=message)  # fmt: skip
@@ -785,11 +981,12 @@ def mark_good(source: SessionSource, master: int | str) -> MarkGoodResult:
         if not row.is_bad:
             message = f"master {master_id} is not marked bad: nothing changed"
             return MarkGoodResult(_master_info(row), False, None, message)
-        if row.obstype is not CalibrationType.BPM:  # one good master per night and group
+        if row.obstype is not CalibrationType.BPM and row.superseded_at is None:
+            # one current master per night and group
             rival = session.scalar(
                 select(MasterCalibration.id).where(
                     MasterCalibration.id != row.id,
-                    MasterCalibration.is_bad.is_(False),
+                    current_master(MasterCalibration),
                     MasterCalibration.instrument_id == row.instrument_id,
                     MasterCalibration.obstype == row.obstype,
                     MasterCalibration.binning == row.binning,
@@ -805,9 +1002,7 @@ def mark_good(source: SessionSource, master: int | str) -> MarkGoodResult:
                     f"{rival} bad first if {master_id} should be used instead"
                 )
                 raise PylcogtError(msg)
-        previous = row.bad_reason
-        row.is_bad = False
-        row.bad_reason = None
+        previous = lifecycle.mark_master_good(row)
         message = (
             f"master {master_id} marked good (was: {previous}); this master only: masters marked "
             f"bad with it stay bad, and the frames re-queued then stay queued"

@@ -10,6 +10,8 @@ No database and no clock: every function takes the time it reasons about.
   inside that window). The night is *over* from that local noon on: its calibration groups are
   then complete whatever the quiet time. A site with no longitude gets the latest possible end
   (as if at longitude -180 degrees, UTC noon + 12 h), so no group is ever built early.
+- **Closed nights**: an instrument's night may be declared over before its local noon
+  (``pylcogt night close``, :mod:`pylcogt.nights`): the same as over from then on.
 - **Quiet time**: during a night, a calibration group is complete once no new frame of it was
   ingested for ``quiet_time_s`` seconds.
 - **Retries**: transient failures back off exponentially, ``base * 2**(attempt-1)`` capped at
@@ -63,8 +65,16 @@ def night_end(dayobs: dt.date, longitude_deg: float | None) -> dt.datetime:
     return local_noon - dt.timedelta(hours=lon / 15.0)
 
 
-def night_is_over(dayobs: dt.date, longitude_deg: float | None, now: dt.datetime) -> bool:
-    """Whether night ``dayobs`` is over at a site of this longitude at ``now`` (naive UTC)."""
+def night_is_over(
+    dayobs: dt.date,
+    longitude_deg: float | None,
+    now: dt.datetime,
+    closed_at: dt.datetime | None = None,
+) -> bool:
+    """Whether night ``dayobs`` is over at a site of this longitude at ``now`` (naive UTC):
+    past its local noon, or closed (``pylcogt night close``) at ``closed_at``."""
+    if closed_at is not None and now >= closed_at:
+        return True
     return now >= night_end(dayobs, longitude_deg)
 
 
@@ -75,10 +85,11 @@ def group_is_complete(
     last_ingested_at: dt.datetime,
     now: dt.datetime,
     quiet_time_s: float,
+    closed_at: dt.datetime | None = None,
 ) -> bool:
-    """A calibration group whose frames are all checked is complete when its night is over or
-    no new frame of it arrived for ``quiet_time_s`` seconds."""
-    if night_is_over(dayobs, longitude_deg, now):
+    """A calibration group whose frames are all checked is complete when its night is over
+    (or closed at ``closed_at``) or no new frame of it arrived for ``quiet_time_s`` seconds."""
+    if night_is_over(dayobs, longitude_deg, now, closed_at):
         return True
     return (now - last_ingested_at).total_seconds() >= quiet_time_s
 

@@ -11,7 +11,9 @@ processes. Each pass of the loop does the first of:
    then science once the night's calibrations are resolved) and process it under a heartbeat:
    a calibration frame is *checked* (read + instrument signature removal) and becomes ``ready``
    for its master, a science frame is reduced (:func:`pylcogt.reduce.reduce_frame`);
-3. wake ``waiting_calibration`` frames whose masters now exist (registered by anyone);
+3. wake ``waiting_calibration`` frames whose masters now exist (registered by anyone), and
+   (at most every ``refresh_s``) promote or re-queue the provisional reductions of nights that
+   are over (:func:`pylcogt.recalibrate.refresh_due`);
 4. otherwise sleep ``poll_s`` (``until_idle``: stop when nothing is left that can be done now:
    no other worker holds a lease and no retry is due later; groups of a night not over and still
    in their quiet time are left for a later run).
@@ -19,9 +21,19 @@ processes. Each pass of the loop does the first of:
 Groups are looked at no more than once per ``poll_s`` while frames are being claimed (a backfill
 has many groups), and always before the worker sleeps.
 
-Frame states: ``pending`` -> ``processing`` -> ``ready`` (calibration, checked) -> ``done`` (in a
-master); science ``pending`` -> ``processing`` -> ``done`` / ``waiting_calibration`` (woken back
-to ``pending`` when its masters exist) / ``failed``.
+Frame states (:mod:`pylcogt.lifecycle`): ``pending`` -> ``processing`` -> ``ready`` (calibration,
+checked) -> ``done`` (in a master); science ``pending`` -> ``processing`` -> ``done`` /
+``waiting_calibration`` (woken back to ``pending`` when its masters exist) / ``failed``.
+
+**Live nights.** A master built while its night goes on is provisional; the night's science
+frames do not wait for its calibration groups' quiet time: they are reduced at once with the
+best masters there are (an earlier night's), provisionally, and only wait when no usable master
+exists at all. After every master built or promoted, the worker re-runs the selection for the
+reductions it may change (:func:`pylcogt.recalibrate.refresh_reductions`): frames whose masters
+would now differ are re-queued (``redo_reason`` says why; not provisional ones with
+``rereduce`` off), and provisional reductions that are now final are promoted. Once a night is
+over its provisional masters are built once more: promoted to final when their group did not
+change, replaced by a final master when it did.
 
 Failures are classified by what to do about them:
 
@@ -67,7 +79,7 @@ from pylcogt.calibrations import build as build_module
 from pylcogt.config import Settings
 from pylcogt.db import queue
 from pylcogt.db.models import MasterJobStatus
-from pylcogt.db.session import dispose_engines, get_engine, get_sessionmaker
+from pylcogt.db.session import dispose_engines, get_engine, get_sessionmaker, writer
 from pylcogt.errors import (
     ConfigurationError,
     NotEnoughInputsError,
@@ -76,7 +88,9 @@ from pylcogt.errors import (
 )
 from pylcogt.instruments import CALIBRATION_OBSTYPES, SCIENCE_OBSTYPES, crosstalk_lookup
 from pylcogt.io.raw_read import read_raw
-from pylcogt.scheduling import backoff_delay, night_end, night_is_over
+from pylcogt.nights import night_over
+from pylcogt.recalibrate import RefreshResult, refresh_due, refresh_reductions
+from pylcogt.scheduling import backoff_delay, night_end
 from pylcogt.stages.isr import remove_instrument_signature
 
 __all__ = [
@@ -124,9 +138,14 @@ class WorkerConfig:
     #: ``--processes``: a child that died is restarted at once, then (dying again within a
     #: minute of its start) after this delay, doubled each time up to 60 s
     restart_base_s: float = 1.0
+    #: reduce provisional products again when a better master arrives (``--no-rereduce``: keep)
+    rereduce: bool = True
+    #: seconds between looks at nights over with provisional reductions left
+    refresh_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "poll_s", "retry_base_s", "retry_cap_s", "restart_base_s"):
+        for name in ("lease_s", "poll_s", "retry_base_s", "retry_cap_s", "restart_base_s",
+                     "refresh_s"):
             if not getattr(self, name) > 0:
                 msg = f"{name} must be > 0, got {getattr(self, name)!r}"
                 raise ConfigurationError(msg)
@@ -152,6 +171,11 @@ class WorkSummary:
     failed_in_groups: int = 0  # frames given up by master builds (left out, too few)
     woken: int = 0
     errors: list[str] = field(default_factory=list)  # worker processes that died
+    rereduce: int = 0  # frames re-queued because a better master exists
+    promoted: int = 0  # provisional reductions that became final
+    kept_provisional: int = 0  # provisional reductions kept although a better master exists
+    masters_unchanged: int = 0  # group builds that found their master already made
+    masters_promoted: int = 0  # provisional masters that became final
 
     @property
     def processed(self) -> int:
@@ -165,6 +189,13 @@ class WorkSummary:
         self.failed_in_groups += other.failed_in_groups
         self.woken += other.woken
         self.errors.extend(other.errors)
+        for name in _COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def refreshed(self, result: RefreshResult) -> None:
+        self.rereduce += len(result.requeued)
+        self.promoted += len(result.promoted)
+        self.kept_provisional += len(result.kept)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data: counts for this run (``done`` includes frames stacked into masters)."""
@@ -182,6 +213,11 @@ class WorkSummary:
             "masters_built": len(self.masters),
             "master_failures": self.master_failures,
             "masters": sorted(self.masters, key=lambda m: m["id"]),
+            "masters_unchanged": self.masters_unchanged,
+            "masters_promoted": self.masters_promoted,
+            "requeued_for_better_calibration": self.rereduce,
+            "reductions_promoted": self.promoted,
+            "provisional_kept": self.kept_provisional,
             "errors": self.errors,
         }
 
@@ -189,7 +225,7 @@ class WorkSummary:
     def from_transport(cls, data: dict[str, Any]) -> WorkSummary:
         """The inverse of :meth:`to_transport` (a child process's summary)."""
         summary = cls(outcomes=Counter(data["outcomes"]), masters=list(data["masters"]))
-        for name in ("master_failures", "stacked", "failed_in_groups", "woken"):
+        for name in ("master_failures", "stacked", "failed_in_groups", "woken", *_COUNTERS):
             setattr(summary, name, data[name])
         summary.errors = list(data["errors"])
         return summary
@@ -199,7 +235,11 @@ class WorkSummary:
         return {"outcomes": dict(self.outcomes), "masters": self.masters,
                 "master_failures": self.master_failures, "stacked": self.stacked,
                 "failed_in_groups": self.failed_in_groups, "woken": self.woken,
-                "errors": self.errors}  # fmt: skip
+                "errors": self.errors,
+                **{name: getattr(self, name) for name in _COUNTERS}}  # fmt: skip
+
+
+_COUNTERS = ("rereduce", "promoted", "kept_provisional", "masters_unchanged", "masters_promoted")
 
 
 class Interrupted(BaseException):  # noqa: N818 - not an error: a request to stop now
@@ -230,7 +270,9 @@ class Worker:
         self._stop = threading.Event()
         self._busy = False  # in a unit of work (interruptible on shutdown)
         self._next_group_scan = 0.0  # time.monotonic() of the next look at calibration groups
+        self._next_refresh = 0.0  # time.monotonic() of the next look at nights over
         self._interrupt_now = False
+        self.rereduce = config.rereduce and settings.rereduce
 
     # --- control --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -327,7 +369,32 @@ class Worker:
             return True
         woken = queue.wake_waiting_frames(self.engine)
         self.summary.woken += woken
-        return woken > 0
+        return woken > 0 or self._refresh_due()
+
+    def _refresh_due(self) -> bool:
+        """Promote or re-queue the provisional reductions of nights that are over (at most every
+        ``refresh_s``); whether any frame was re-queued."""
+        if time.monotonic() < self._next_refresh:
+            return False
+        self._next_refresh = time.monotonic() + self.config.refresh_s
+        with writer(self.maker)() as session:
+            result = refresh_due(session, now=queue.db_now(session), rereduce=self.rereduce)
+            session.commit()
+        self.summary.refreshed(result)
+        return bool(result.requeued)
+
+    def _refresh_after(self, key, result) -> None:
+        """A master was built (or found unchanged, or promoted): re-queue or promote the
+        reductions it may change (:func:`pylcogt.recalibrate.refresh_reductions`)."""
+        with writer(self.maker)() as session:
+            refreshed = refresh_reductions(
+                session, instrument_id=key.instrument_id, binning=key.binning,
+                readout_mode=key.readout_mode, dayobs=key.dayobs, now=queue.db_now(session),
+                master_ids=[result.superseded] if result.superseded else [],
+                rereduce=self.rereduce,
+            )  # fmt: skip
+            session.commit()
+        self.summary.refreshed(refreshed)
 
     def _build_a_group(self) -> bool:
         for status in queue.group_statuses(self.engine, quiet_time_s=self.config.quiet_time_s):
@@ -411,7 +478,8 @@ class Worker:
             if claim.obstype in SCIENCE_OBSTYPES:
                 tick = time.perf_counter()
                 result = reduce_module.reduce_frame(
-                    self.maker, self.settings, claim.frame_id, lease_token=claim.token
+                    self.maker, self.settings, claim.frame_id, lease_token=claim.token,
+                    worker=self.name,
                 )
                 if result.timings:
                     timings.update(result.timings)
@@ -448,7 +516,8 @@ class Worker:
         remove_instrument_signature(raw)
         timings["isr"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        queue.record_ready(self.engine, claim, group=claim.group)
+        queue.record_ready(self.engine, claim, group=claim.group,
+                           quiet_time_s=self.config.quiet_time_s)  # fmt: skip
         timings["record"] = time.perf_counter() - tick
         return "ready"
 
@@ -498,7 +567,8 @@ class Worker:
             raise
         except NotEnoughInputsError as exc:
             self.summary.master_failures += 1
-            over = night_is_over(key.dayobs, status.longitude_deg, queue.db_now(self.engine))
+            with self.engine.connect() as conn:
+                over = night_over(conn, key.instrument_id, key.dayobs, queue.db_now(conn))
             if over:
                 log.error("%s: no master: %s", _describe(key), exc)
                 self.summary.failed_in_groups += queue.finish_group(
@@ -547,15 +617,26 @@ class Worker:
             fail_frames=getattr(result, "dropped", None) or None,
         )  # fmt: skip
         self.summary.failed_in_groups += failed
-        if key.obstype != "BPM":  # a mask's inputs are the frames of its masters: done already
-            self.summary.stacked += result.n_inputs
-        self.summary.masters.append({"id": result.master_id, "type": key.obstype,
-                                     "instrument_id": key.instrument_id,
-                                     "dayobs": key.dayobs.isoformat(), "binning": key.binning,
-                                     "filter": key.filter_name, "n_inputs": result.n_inputs,
-                                     "path": result.path})  # fmt: skip
-        log.info("built %s master %d from %d frames%s", _describe(key), result.master_id,
-                 result.n_inputs, f" ({failed} left out)" if failed else "")  # fmt: skip
+        if result.unchanged:
+            self.summary.masters_unchanged += 1
+            self.summary.masters_promoted += int(result.promoted)
+            log.info("%s: master %d already holds the group's frames%s", _describe(key),
+                     result.master_id, "; now final" if result.promoted else "")  # fmt: skip
+        else:
+            if key.obstype != "BPM":  # a mask's inputs are the frames of its masters: done
+                self.summary.stacked += result.n_inputs
+            self.summary.masters.append({"id": result.master_id, "type": key.obstype,
+                                         "instrument_id": key.instrument_id,
+                                         "dayobs": key.dayobs.isoformat(), "binning": key.binning,
+                                         "filter": key.filter_name, "n_inputs": result.n_inputs,
+                                         "path": result.path,
+                                         "calibration_status": result.calibration_status,
+                                         "supersedes": result.superseded})  # fmt: skip
+            log.info("built %s master %d from %d frames (%s%s)%s", _describe(key),
+                     result.master_id, result.n_inputs, result.calibration_status,
+                     f", supersedes master {result.superseded}" if result.superseded else "",
+                     f" ({failed} left out)" if failed else "")  # fmt: skip
+        self._refresh_after(key, result)
         self.summary.woken += queue.wake_waiting_frames(self.engine)
 
 

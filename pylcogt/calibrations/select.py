@@ -4,38 +4,42 @@ The matching rules are data (:data:`RULES`): for each master type, the attribute
 the frame's and the time rule. Every type matches on instrument (one camera on one telescope),
 binning and readout mode (``CONFMODE``); flats also on filter. A type that does not match on
 filter matches masters whose ``filter_name`` is ``''`` (how the registry stores "no filter").
-Only good masters (``is_bad`` false) are candidates.
+Only current masters are candidates: not marked bad and not superseded by a rebuild of their
+group (:func:`pylcogt.db.models.current_master`).
 
-Time rules, with ``t`` the frame's DATE-OBS and ``dateobs`` a master's effective time:
+Time rules, with ``t`` the frame's DATE-OBS, ``night`` its DAY-OBS, and ``dateobs`` / ``dayobs``
+a master's effective time (the mean DATE-OBS of its inputs) and night:
 
 - ``closest`` (bias, dark, BPM): the smallest ``|dateobs - t|``. An equal distance before and
   after goes to the earlier master (made from frames taken before this one, as in real time).
-- ``latest_before`` (flat): the latest master with ``dateobs <= t``; only when there is none, the
-  earliest later one, and :attr:`Selection.fallback_later` says so (the caller records it in the
-  header).
+- ``night`` (flat): the master of the latest night at or before the frame's night, so that a
+  night's flat (its evening and morning frames together, dated around midnight) serves every
+  frame of that night; only when there is none, the master of the earliest later night, and
+  :attr:`Selection.fallback_later` says so (the caller records it in the header).
 
-Masters with the same ``dateobs`` are told apart by the highest ``id`` (the last registered wins),
-on either side of ``t``. With ``as_of`` only masters with ``created_at < as_of`` are candidates
-(what was registered then). With ``observed_before`` only masters with ``dateobs <=
-observed_before`` are (the backfill as-of rule: a frame whose ``raw_frames.calibration_cutoff`` is
-set, the end of its night, uses only masters observed by then, what the night should have used,
-whenever they were built).
+Masters of one night (or with the same ``dateobs``) are told apart by the latest ``dateobs``,
+then the highest ``id`` (the last registered wins). With ``as_of`` the registry is read as it
+was then: masters registered before ``as_of`` (``created_at < as_of``) and not yet superseded or
+marked bad at that time (``superseded_at``, ``bad_at``). With ``observed_before`` only masters
+with ``dateobs <= observed_before`` are (the backfill rule: a frame whose
+``raw_frames.calibration_cutoff`` is set, the end of its night, uses only current masters observed
+by then, what the night should have used, whenever they were built).
 
-Speed: every lookup is index probes of ``ix_master_calibrations_lookup``: all its equality
-columns are bound, then a range on ``dateobs`` read in index order with ``LIMIT 1``, so a probe
-reads one or two index entries whatever the registry size (never ``ORDER BY abs(...)``, which
-reads every master of the instrument). ``closest`` sends both probes (latest at or before ``t``,
-earliest after) in one ``UNION ALL`` statement; ``latest_before`` sends the first probe and the
-second only when the first finds nothing. With ``as_of`` the probes are also bounded by
-``dateobs < as_of``: a master is registered after its inputs were observed (``dateobs <=
-created_at``), so this drops no real candidate and keeps a backfill probe from walking every
-later master (a master whose ``created_at`` precedes its own ``dateobs`` is never found by an
-``as_of`` lookup). ``observed_before`` adds ``dateobs <= observed_before`` to both probes, the same
-range column, so the probe shape is unchanged.
+Speed: every lookup is index probes: all equality columns bound, then a range read in index
+order with ``LIMIT 1``, skipping the few bad or superseded masters it meets, so a probe reads a
+handful of index entries whatever the registry size (never ``ORDER BY abs(...)``, which reads
+every master of the instrument). ``closest`` walks ``ix_master_calibrations_lookup`` (ending in
+``dateobs``) and sends both probes (latest at or before ``t``, earliest after) in one ``UNION
+ALL`` statement; ``night`` walks ``ix_master_calibrations_nights`` (``dayobs``, ``dateobs``) and
+sends the second probe only when the first finds nothing. With ``as_of`` the closest probes are
+also bounded by ``dateobs < as_of``: a master is registered after its inputs were observed
+(``dateobs <= created_at``), so this drops no real candidate and keeps a probe from walking every
+later master.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import functools
@@ -53,6 +57,7 @@ from pylcogt.db.models import (
     Instrument,
     MasterCalibration,
     RawFrame,
+    current_master,
 )
 from pylcogt.errors import CalibrationNotFoundError
 
@@ -63,6 +68,8 @@ __all__ = [
     "Selection",
     "select_master",
     "select_masters_for_frame",
+    "REDUCTION_TYPES",
+    "select_reduction_masters",
 ]
 
 
@@ -70,7 +77,7 @@ class TimeRule(str, enum.Enum):
     """How the time of a master is chosen among those that match."""
 
     CLOSEST = "closest"
-    LATEST_BEFORE = "latest_before"
+    NIGHT = "night"
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class MatchRule:
         return "filter_name" in self.match
 
 
-# the equality columns of ix_master_calibrations_lookup besides obstype and is_bad; a column a
+# the equality columns of the lookup indexes besides obstype; a column a
 # rule does not match on is bound to '' (how the registry stores "n/a"), so every probe binds them
 _KEY_COLUMNS = ("instrument_id", "binning", "readout_mode", "filter_name")
 _COMMON = ("instrument_id", "binning", "readout_mode")
@@ -103,7 +110,7 @@ RULES: Mapping[CalibrationType, MatchRule] = MappingProxyType(
         CalibrationType.SKYFLAT: MatchRule(
             CalibrationType.SKYFLAT,
             (*_COMMON, "filter_name"),
-            TimeRule.LATEST_BEFORE,
+            TimeRule.NIGHT,
             CalibrationRole.FLAT,
         ),
         CalibrationType.BPM: MatchRule(
@@ -138,30 +145,58 @@ def _as_type(obstype: CalibrationType | str) -> CalibrationType:
         raise ValueError(f"unknown calibration type {obstype!r} (one of {known})") from None
 
 
-@functools.cache
-def _probe(later: bool, with_as_of: bool, with_observed_before: bool = False) -> sa.Select:
-    """One index probe, built once: the latest match at or before ``:t``, or the earliest after.
+def _candidates(m, with_as_of: bool) -> list[sa.ColumnElement[bool]]:
+    """Current masters; with ``as_of``, those the registry held then as current."""
+    if not with_as_of:
+        return [current_master(m)]
+    as_of = sa.bindparam("as_of", type_=sa.DateTime)
+    return [
+        m.created_at < as_of,
+        sa.or_(m.superseded_at.is_(None), m.superseded_at >= as_of),
+        sa.or_(m.bad_at.is_(None), m.bad_at >= as_of),
+        # a master marked bad before revision 0007 without its time: bad all along
+        sa.or_(m.is_bad == sa.false(), m.bad_at.is_not(None)),
+    ]
 
-    Every equality column of ``ix_master_calibrations_lookup`` is bound, then a range on
-    ``dateobs`` and ``LIMIT 1`` in index order (``id`` breaks ties among equal ``dateobs``).
-    """
-    m = MasterCalibration
-    t = sa.bindparam("t", type_=sa.DateTime)
-    query = sa.select(m).where(
+
+def _key_clause(m) -> list[sa.ColumnElement[bool]]:
+    return [
         m.instrument_id == sa.bindparam("instrument_id"),
         m.obstype == sa.bindparam("obstype"),
         m.binning == sa.bindparam("binning"),
         m.readout_mode == sa.bindparam("readout_mode"),
         m.filter_name == sa.bindparam("filter_name"),
-        m.is_bad == sa.false(),
-        m.dateobs > t if later else m.dateobs <= t,
-    )
+    ]
+
+
+@functools.cache
+def _probe(later: bool, with_as_of: bool, with_observed_before: bool = False) -> sa.Select:
+    """One ``closest`` index probe, built once: the latest match at or before ``:t``, or the
+    earliest after, walking ``ix_master_calibrations_lookup`` (``id`` breaks ties)."""
+    m = MasterCalibration
+    t = sa.bindparam("t", type_=sa.DateTime)
+    query = sa.select(m).where(*_key_clause(m), m.dateobs > t if later else m.dateobs <= t,
+                               *_candidates(m, with_as_of))  # fmt: skip
     if with_as_of:
-        query = query.where(m.created_at < sa.bindparam("as_of"), m.dateobs < sa.bindparam("as_of"))
+        query = query.where(m.dateobs < sa.bindparam("as_of", type_=sa.DateTime))
     if with_observed_before:
         query = query.where(m.dateobs <= sa.bindparam("observed_before", type_=sa.DateTime))
     time_order = m.dateobs.asc() if later else m.dateobs.desc()
     return query.order_by(time_order, m.id.desc()).limit(1)
+
+
+@functools.cache
+def _night_probe(later: bool, with_as_of: bool, with_observed_before: bool = False) -> sa.Select:
+    """One ``night`` index probe, built once: the latest night at or before ``:night`` (its
+    latest master), or the earliest later night, walking ``ix_master_calibrations_nights``."""
+    m = MasterCalibration
+    night = sa.bindparam("night", type_=sa.Date)
+    query = sa.select(m).where(*_key_clause(m), m.dayobs > night if later else m.dayobs <= night,
+                               *_candidates(m, with_as_of))  # fmt: skip
+    if with_observed_before:
+        query = query.where(m.dateobs <= sa.bindparam("observed_before", type_=sa.DateTime))
+    order = (m.dayobs.asc(), m.dateobs.asc()) if later else (m.dayobs.desc(), m.dateobs.desc())
+    return query.order_by(*order, m.id.desc()).limit(1)
 
 
 @functools.cache
@@ -228,13 +263,15 @@ def select_master(
     readout_mode: str | None,
     filter_name: str | None,
     dateobs: dt.datetime,
+    dayobs: dt.date | None = None,
     as_of: dt.datetime | None = None,
     observed_before: dt.datetime | None = None,
 ) -> Selection:
     """The master of type ``obstype`` that reduces a frame with these attributes (see module doc).
 
-    ``observed_before``: only masters whose ``dateobs`` is at or before it are candidates (a
-    backfilled frame's ``calibration_cutoff``).
+    ``dayobs``: the frame's night (DAY-OBS), needed for flats. ``observed_before``: only masters
+    whose ``dateobs`` is at or before it are candidates (a backfilled frame's
+    ``calibration_cutoff``).
 
     ``readout_mode``/``filter_name`` ``None`` mean ``''``; ``filter_name`` is ignored for types
     that do not match on filter. Raises :class:`CalibrationNotFoundError` when no master matches.
@@ -257,11 +294,14 @@ def select_master(
     with_observed = observed is not None
     if with_observed:
         params["observed_before"] = observed
-    if rule.time_rule is TimeRule.LATEST_BEFORE:  # usually one probe; the later one if needed
-        earlier = session.scalars(_probe(False, with_as_of, with_observed), params).first()
+    if rule.time_rule is TimeRule.NIGHT:  # usually one probe; the later one if needed
+        if dayobs is None:
+            raise ValueError(f"selecting a {rule.obstype.value} master needs the frame's DAY-OBS")
+        params["night"] = dayobs
+        earlier = session.scalars(_night_probe(False, with_as_of, with_observed), params).first()
         if earlier is not None:
             return Selection(earlier, rule)
-        later = session.scalars(_probe(True, with_as_of, with_observed), params).first()
+        later = session.scalars(_night_probe(True, with_as_of, with_observed), params).first()
         if later is not None:
             return Selection(later, rule, fallback_later=True)
     else:
@@ -299,6 +339,7 @@ def select_masters_for_frame(
                 readout_mode=raw_frame.readout_mode,
                 filter_name=raw_frame.filter_name,
                 dateobs=raw_frame.dateobs,
+                dayobs=raw_frame.dayobs,
                 as_of=as_of,
                 observed_before=raw_frame.calibration_cutoff,
             )
@@ -306,4 +347,25 @@ def select_masters_for_frame(
             missing.append(str(exc))
     if missing:
         raise CalibrationNotFoundError(f"{raw_frame.filename}: " + "; ".join(missing))
+    return chosen
+
+
+#: The masters a science frame is reduced with (a bad-pixel mask too, when one is registered).
+REDUCTION_TYPES = (CalibrationType.BIAS, CalibrationType.DARK, CalibrationType.SKYFLAT)
+
+
+def select_reduction_masters(
+    session: Session, raw_frame: RawFrame, *, as_of: dt.datetime | None = None
+) -> dict[CalibrationType, Selection]:
+    """The masters that reduce science frame ``raw_frame``: bias, dark and flat
+    (:func:`select_masters_for_frame`, :class:`CalibrationNotFoundError` when one is missing)
+    and the bad-pixel mask when one matches."""
+    chosen = select_masters_for_frame(session, raw_frame, REDUCTION_TYPES, as_of=as_of)
+    with contextlib.suppress(CalibrationNotFoundError):  # a mask is applied when there is one
+        chosen[CalibrationType.BPM] = select_master(
+            session, instrument_id=raw_frame.instrument_id, obstype=CalibrationType.BPM,
+            binning=raw_frame.binning, readout_mode=raw_frame.readout_mode, filter_name="",
+            dateobs=raw_frame.dateobs, dayobs=raw_frame.dayobs, as_of=as_of,
+            observed_before=raw_frame.calibration_cutoff,
+        )  # fmt: skip
     return chosen

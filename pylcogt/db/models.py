@@ -29,6 +29,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    false,
     literal_column,
     text,
 )
@@ -48,13 +50,18 @@ __all__ = [
     "RawFrame",
     "MasterCalibration",
     "MasterInput",
-    "FrameCalibration",
+    "CalibrationStatus",
+    "ReductionStatus",
+    "Reduction",
+    "ReductionMaster",
+    "NightClosure",
     "MasterJobStatus",
     "MasterJob",
     "utcnow",
     "CLAIM_RANK_SQL",
     "CLAIMABLE_STATES",
     "in_claimable_state",
+    "current_master",
 ]
 
 NAMING_CONVENTION = {
@@ -119,6 +126,27 @@ class CalibrationRole(str, enum.Enum):
     DARK = "dark"
     FLAT = "flat"
     BPM = "bpm"
+
+
+class CalibrationStatus(str, enum.Enum):
+    """How good a master (or a reduction) is meant to be.
+
+    A master built while its night is still going on is ``provisional``: more frames of its
+    group may come (the morning flats). One built once the night is over (or closed, see
+    :class:`NightClosure`) is ``final``. A reduction is ``final`` when every master it used is
+    final and its night's calibrations are all built (:mod:`pylcogt.lifecycle`).
+    """
+
+    PROVISIONAL = "provisional"
+    FINAL = "final"
+
+
+class ReductionStatus(str, enum.Enum):
+    """A frame's reduction is ``current`` (its product is the frame's product) until a newer
+    reduction of the frame ``supersedes`` it. Rows are never deleted: the history stays."""
+
+    CURRENT = "current"
+    SUPERSEDED = "superseded"
 
 
 def _str_enum(enum_cls: type[enum.Enum], name: str) -> Enum:
@@ -260,6 +288,12 @@ class RawFrame(Base):
     calibration_cutoff: Mapped[dt.datetime | None] = mapped_column(
         DateTime, comment="use only masters observed at or before this (backfill)"
     )
+    redo_reason: Mapped[str | None] = mapped_column(
+        Text, comment="why the frame was re-queued: the reason of its next reduction"
+    )
+    quiet_until: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, comment="a ready calibration frame's group is in its quiet time until then"
+    )
     # generated: STORED (PostgreSQL has no other kind before 18, and indexes no other kind);
     # on SQLite revision 0005 adds it VIRTUAL (ALTER TABLE cannot add a stored one), computed on
     # read and stored in the claim index
@@ -272,20 +306,42 @@ class RawFrame(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     instrument: Mapped[Instrument | None] = relationship()
-    calibrations: Mapped[list[FrameCalibration]] = relationship(
-        back_populates="frame", cascade="all, delete-orphan"
-    )
+
+
+def current_master(table) -> ColumnElement[bool]:
+    """A master that selection may choose today: not marked bad and not superseded (``table``:
+    ``MasterCalibration``, its ``__table__`` or an alias of it)."""
+    columns = getattr(table, "c", table)
+    return and_(columns.is_bad == false(), columns.superseded_at.is_(None))
+
+
+#: The predicate of ``uq_master_calibrations_current``: one current master per night and group
+#: (bad-pixel masks excepted: a mask made elsewhere may be added to a night that has one).
+_ONE_CURRENT_SQL = "NOT is_bad AND superseded_at IS NULL AND obstype <> 'BPM'"
 
 
 class MasterCalibration(Base):
-    """A master calibration file. ``dateobs`` is its effective time: the mean DATE-OBS of its
-    inputs. Lookups: bias/dark closest in ``dateobs``, flat latest on the same filter; both
-    walk the one composite index below from the matching prefix.
+    """A master calibration file, immutable once registered: its file and the columns that
+    describe its content never change. A rebuild of its group (late frames, the night's final
+    build, a mark-bad cascade, a backfill) registers a new master, with the next ``version`` and
+    a file name of its own, and marks this one ``superseded`` (``superseded_at``,
+    ``superseded_by_id``). What may change later is its standing: superseded, marked bad
+    (``is_bad``, ``bad_at``), or promoted from provisional to final (``calibration_status``,
+    ``finalized_at``), each with its time, so the registry can be read as it was at any time
+    (:func:`pylcogt.calibrations.select.select_master` with ``as_of``).
+
+    ``dateobs`` is its effective time: the mean DATE-OBS of its inputs. Lookups: bias, dark and
+    mask closest in ``dateobs`` (``ix_master_calibrations_lookup``), flats by night, the latest
+    night at or before the frame's (``ix_master_calibrations_nights``). ``inputs_digest``
+    identifies what it was made from (the sha256 of its candidate frames, their content and the
+    masters each was prepared with; for a mask, its source masters): a rebuild that would make
+    the same master registers nothing.
     """
 
     __tablename__ = "master_calibrations"
     __table_args__ = (
         CheckConstraint("n_inputs >= 0", name="n_inputs_nonnegative"),
+        CheckConstraint("version >= 1", name="version_positive"),
         Index(
             "ix_master_calibrations_lookup",
             "instrument_id",
@@ -293,15 +349,24 @@ class MasterCalibration(Base):
             "binning",
             "readout_mode",
             "filter_name",
-            "is_bad",
+            "dateobs",
+        ),
+        Index(
+            "ix_master_calibrations_nights",
+            "instrument_id",
+            "obstype",
+            "binning",
+            "readout_mode",
+            "filter_name",
+            "dayobs",
             "dateobs",
         ),
         Index(None, "dayobs"),
         # a night's masters of one mode: the claim's bad-pixel-mask gate probes it per frame
         Index("ix_master_calibrations_night", "instrument_id", "dayobs", "binning", "readout_mode"),
-        # one good master per night and group: two workers racing to build it cannot both win
+        # one current master per night and group: two workers racing to build it cannot both win
         Index(
-            "uq_master_calibrations_good",
+            "uq_master_calibrations_current",
             "instrument_id",
             "obstype",
             "binning",
@@ -309,8 +374,8 @@ class MasterCalibration(Base):
             "filter_name",
             "dayobs",
             unique=True,
-            postgresql_where=text("NOT is_bad AND obstype <> 'BPM'"),
-            sqlite_where=text("NOT is_bad AND obstype <> 'BPM'"),
+            postgresql_where=text(_ONE_CURRENT_SQL),
+            sqlite_where=text(_ONE_CURRENT_SQL),
         ),
     )
 
@@ -322,21 +387,44 @@ class MasterCalibration(Base):
     filter_name: Mapped[str] = mapped_column(String(32), default="", comment="'' when n/a")
     dayobs: Mapped[dt.date] = mapped_column(Date)
     dateobs: Mapped[dt.datetime] = mapped_column(DateTime, comment="mean DATE-OBS of inputs, UTC")
+    version: Mapped[int] = mapped_column(Integer, default=1, comment="1, 2.. within its group")
     path: Mapped[str] = mapped_column(String(1024), unique=True)
     checksum: Mapped[str] = mapped_column(String(64))
+    inputs_digest: Mapped[str | None] = mapped_column(
+        String(64), comment="sha256 of what it was made from"
+    )
+    calibration_status: Mapped[CalibrationStatus] = mapped_column(
+        _str_enum(CalibrationStatus, "calibration_status"), default=CalibrationStatus.FINAL
+    )
+    finalized_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, comment="when it became final"
+    )
     is_bad: Mapped[bool] = mapped_column(Boolean, default=False)
     bad_reason: Mapped[str | None] = mapped_column(Text, comment="why is_bad was set, and by what")
+    bad_at: Mapped[dt.datetime | None] = mapped_column(DateTime, comment="when it was marked bad")
+    superseded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    superseded_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("master_calibrations.id", ondelete="SET NULL"),
+        comment="the master that replaced it",
+    )
     n_inputs: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     instrument: Mapped[Instrument] = relationship()
     inputs: Mapped[list[MasterInput]] = relationship(
-        back_populates="master", cascade="all, delete-orphan"
+        back_populates="master", cascade="all, delete-orphan", foreign_keys="MasterInput.master_id"
     )
+
+    @property
+    def is_current(self) -> bool:
+        """Selection may choose it: neither marked bad nor superseded."""
+        return not self.is_bad and self.superseded_at is None
 
 
 class MasterInput(Base):
-    """Provenance: raw frame ``frame_id`` went into master ``master_id``."""
+    """Provenance: raw frame ``frame_id`` (content ``frame_checksum``) went into master
+    ``master_id``, prepared with masters ``bias_master_id`` and ``dark_master_id`` (a dark's
+    bias; a flat's bias and dark; ``NULL`` where its chain needs none)."""
 
     __tablename__ = "master_inputs"
 
@@ -346,32 +434,111 @@ class MasterInput(Base):
     frame_id: Mapped[int] = mapped_column(
         ForeignKey("raw_frames.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    frame_checksum: Mapped[str | None] = mapped_column(
+        String(64), comment="sha256 of the raw file when it was stacked"
+    )
+    bias_master_id: Mapped[int | None] = mapped_column(
+        ForeignKey("master_calibrations.id"), index=True, comment="master bias it was prepared with"
+    )
+    dark_master_id: Mapped[int | None] = mapped_column(
+        ForeignKey("master_calibrations.id"), index=True, comment="master dark it was prepared with"
+    )
 
-    master: Mapped[MasterCalibration] = relationship(back_populates="inputs")
+    master: Mapped[MasterCalibration] = relationship(
+        back_populates="inputs", foreign_keys=[master_id]
+    )
     frame: Mapped[RawFrame] = relationship()
 
 
-class FrameCalibration(Base):
-    """Provenance: master ``master_id`` was used as ``role`` to reduce raw frame ``frame_id``."""
+class Reduction(Base):
+    """One reduction of a science frame: when, by what pipeline version, its product (path and
+    sha256) and the masters it used (:class:`ReductionMaster`). Every reduction of a frame is a
+    row of its own and is never deleted: the newest is ``current``, earlier ones ``superseded``
+    (``superseded_at``, and the reason of the reduction that replaced them). ``reason``: why this
+    reduction was made (the first reduction, or why the frame was redone). ``kept_path``: where
+    the product of a superseded reduction is kept, when products are retained
+    (``PYLCOGT_KEEP_PRODUCTS``); otherwise its file was replaced by the next product.
+    """
 
-    __tablename__ = "frame_calibrations"
+    __tablename__ = "reductions"
+    __table_args__ = (
+        Index(
+            "uq_reductions_current",
+            "frame_id",
+            unique=True,
+            postgresql_where=text("status = 'current'"),
+            sqlite_where=text("status = 'current'"),
+        ),
+        Index("ix_reductions_frame", "frame_id", "id"),
+    )
 
-    frame_id: Mapped[int] = mapped_column(
-        ForeignKey("raw_frames.id", ondelete="CASCADE"), primary_key=True
+    id: Mapped[int] = mapped_column(primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("raw_frames.id", ondelete="CASCADE"))
+    status: Mapped[ReductionStatus] = mapped_column(_str_enum(ReductionStatus, "reduction_status"))
+    calibration_status: Mapped[CalibrationStatus] = mapped_column(
+        _str_enum(CalibrationStatus, "calibration_status")
+    )
+    reason: Mapped[str] = mapped_column(Text, comment="why this reduction was made")
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finalized_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    pipeline_version: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(128), comment="lease owner, or the command")
+    as_of: Mapped[dt.datetime | None] = mapped_column(DateTime, comment="reduce --as-of")
+    product_path: Mapped[str] = mapped_column(String(1024))
+    product_checksum: Mapped[str | None] = mapped_column(String(64), comment="sha256")
+    kept_path: Mapped[str | None] = mapped_column(
+        String(1024), comment="the product kept after it was superseded"
+    )
+    superseded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    superseded_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reductions.id", ondelete="SET NULL")
+    )
+
+    frame: Mapped[RawFrame] = relationship()
+    masters: Mapped[list[ReductionMaster]] = relationship(
+        back_populates="reduction", cascade="all, delete-orphan"
+    )
+
+
+class ReductionMaster(Base):
+    """Provenance: master ``master_id``, whose file had sha256 ``master_checksum`` when it was
+    read, was used as ``role`` in reduction ``reduction_id``."""
+
+    __tablename__ = "reduction_masters"
+
+    reduction_id: Mapped[int] = mapped_column(
+        ForeignKey("reductions.id", ondelete="CASCADE"), primary_key=True
     )
     role: Mapped[CalibrationRole] = mapped_column(
         _str_enum(CalibrationRole, "calibration_role"), primary_key=True
     )
     master_id: Mapped[int] = mapped_column(ForeignKey("master_calibrations.id"), index=True)
+    master_checksum: Mapped[str] = mapped_column(String(64))
+    fallback_later: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    frame: Mapped[RawFrame] = relationship(back_populates="calibrations")
+    reduction: Mapped[Reduction] = relationship(back_populates="masters")
     master: Mapped[MasterCalibration] = relationship()
+
+
+class NightClosure(Base):
+    """An instrument's night declared over before its end (``pylcogt night close``): its
+    calibration groups are then complete, and masters built from then on are final, as after
+    the local noon that ends the night (:mod:`pylcogt.scheduling`)."""
+
+    __tablename__ = "night_closures"
+
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"), primary_key=True)
+    dayobs: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    closed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class MasterJobStatus(str, enum.Enum):
     """Outcome of the worker's last attempt to build a group's master."""
 
     PENDING = "pending"  # not tried yet, or the group changed since
+    STALE = "stale"  # a master its inputs were prepared with was replaced: rebuild it now
     BUILT = "built"
     RETRY = "retry"  # a transient error: tried again after ``next_attempt_at``
     NOT_ENOUGH = "not_enough"  # too few usable frames while the night goes on

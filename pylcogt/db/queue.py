@@ -55,7 +55,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Alias
 
 from pylcogt.calibrations.build import GroupKey
+from pylcogt.db.clock import db_now
 from pylcogt.db.models import (
+    CLAIMABLE_STATES,
+    CalibrationStatus,
     CalibrationType,
     FrameState,
     Instrument,
@@ -64,12 +67,15 @@ from pylcogt.db.models import (
     MasterJobStatus,
     RawFrame,
     Site,
+    current_master,
     in_claimable_state,
     utcnow,
 )
 from pylcogt.db.session import SQLITE_BEGIN_IMMEDIATE
 from pylcogt.errors import PylcogtError
 from pylcogt.instruments import CALIBRATION_OBSTYPES, SCIENCE_OBSTYPES
+from pylcogt.lifecycle import FRAME_TRANSITIONS, FrameEvent, frame_transition, target_values
+from pylcogt.nights import closed_at, night_info
 from pylcogt.pipeline import NEEDED_MASTERS
 from pylcogt.scheduling import OBSTYPE_RANK, PREREQUISITES, SCIENCE_RANK, group_is_complete
 from pylcogt.scheduling import night_end as _night_end
@@ -169,18 +175,6 @@ class GroupStatus:
 
 
 # --- time ---------------------------------------------------------------------------------
-def db_now(conn: Connection | Session | Engine) -> dt.datetime:
-    """The current time as naive UTC: the server's clock on PostgreSQL, ours on SQLite."""
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    if bind.dialect.name != "postgresql":
-        return utcnow()
-    query = sa.select(sa.func.timezone("UTC", sa.func.clock_timestamp()))
-    if isinstance(conn, Engine):
-        with conn.connect() as connection:
-            return connection.execute(query).scalar_one().replace(tzinfo=None)
-    return conn.execute(query).scalar_one().replace(tzinfo=None)
-
-
 def _seconds(value: float) -> dt.timedelta:
     return dt.timedelta(seconds=float(value))
 
@@ -199,7 +193,9 @@ def _undeferred_ready(table, now) -> sa.ColumnElement:
 
 
 def _unresolved_calibrations(frame, now, obstypes: Sequence[str]) -> sa.Exists:
-    """Frames of these calibration types of ``frame``'s night and mode are still to be stacked."""
+    """Frames of these calibration types of ``frame``'s night and mode are about to be stacked:
+    being checked, or ready in a group that is complete or soon will be (not in its quiet time:
+    ``quiet_until``, see :func:`record_ready`)."""
     cal = _FRAMES.alias("cal")
     return exists().where(
         cal.c.instrument_id == frame.c.instrument_id,
@@ -207,20 +203,27 @@ def _unresolved_calibrations(frame, now, obstypes: Sequence[str]) -> sa.Exists:
         cal.c.obstype.in_(list(obstypes)),
         cal.c.binning == frame.c.binning,
         cal.c.readout_mode == frame.c.readout_mode,
-        or_(cal.c.state.in_([_P, _W]), _undeferred_ready(cal, now)),
+        or_(
+            cal.c.state.in_([_P, _W]),
+            and_(_undeferred_ready(cal, now),
+                 or_(cal.c.quiet_until.is_(None), cal.c.quiet_until <= now)),
+        ),
     )
 
 
 def _masters_being_built(frame, now) -> sa.Exists:
-    """A master of ``frame``'s night and mode is being built (a live lease in master_jobs)."""
+    """A master of ``frame``'s night and mode is being built (a live lease in master_jobs) or is
+    due for a rebuild (``stale``: a master its inputs were prepared with was replaced)."""
     job = _JOBS.alias("job")
     return exists().where(
         job.c.instrument_id == frame.c.instrument_id,
         job.c.dayobs == frame.c.dayobs,
         job.c.binning == frame.c.binning,
         job.c.readout_mode == frame.c.readout_mode,
-        job.c.lease_owner.is_not(None),
-        job.c.lease_expires_at > now,
+        or_(
+            and_(job.c.lease_owner.is_not(None), job.c.lease_expires_at > now),
+            job.c.status == MasterJobStatus.STALE.value,
+        ),
     )
 
 
@@ -294,11 +297,13 @@ def _claim_update() -> sa.Update:
     )
     f = _FRAMES
     reclaiming = f.c.state == _W
+    claimed = FRAME_TRANSITIONS[FrameEvent.CLAIMED]
+    assert {s.value for s in claimed.sources} == set(CLAIMABLE_STATES)  # the index predicate
     return (
         update(f)
         .where(f.c.id == candidate, _claimable(f, now))
         .values(
-            state=_W,
+            **target_values(FrameEvent.CLAIMED),
             lease_owner=sa.bindparam("owner", type_=sa.String),
             lease_expires_at=sa.bindparam("expires", type_=sa.DateTime),
             lease_token=f.c.lease_token + 1,
@@ -388,8 +393,11 @@ def fence_frame(session: Session, frame_id: int, token: int) -> None:
         raise LeaseLostError(msg)
 
 
-def _record(engine: Engine, claim: FrameClaim, values: dict, *, also=()) -> None:
-    """One fenced UPDATE of the claimed frame (lease released), with ``also`` statements.
+def _record(
+    engine: Engine, claim: FrameClaim, frame_event: FrameEvent, values: dict, *, also=()
+) -> None:
+    """The event's fenced transition of the claimed frame (lease released), with ``also``
+    statements (functions of ``(conn, now)``).
 
     ``also`` (a ``master_jobs`` update) runs first: rows are locked jobs before frames, the
     order of a master build's transaction, so the two cannot deadlock on PostgreSQL. A lost
@@ -399,22 +407,30 @@ def _record(engine: Engine, claim: FrameClaim, values: dict, *, also=()) -> None
     with engine.begin() as conn:
         now = db_now(conn)
         for statement in also:
-            conn.execute(statement(now))
+            statement(conn, now)
         result = conn.execute(
-            update(_FRAMES)
-            .where(_fenced(claim.frame_id, claim.token))
-            .values(updated_at=now, **values)
-        )
+            frame_transition(frame_event, _fenced(claim.frame_id, claim.token),
+                             updated_at=now, **values)
+        )  # fmt: skip
         if result.rowcount != 1:
             msg = f"{claim.filename}: lease {claim.token} was taken over; its result is discarded"
             raise LeaseLostError(msg)
 
 
-def record_ready(engine: Engine, claim: FrameClaim, *, group: GroupKey) -> None:
-    """A checked calibration frame waits for its master; its group changed (job reset)."""
+def record_ready(
+    engine: Engine, claim: FrameClaim, *, group: GroupKey, quiet_time_s: float = 0.0
+) -> None:
+    """A checked calibration frame waits for its master; its group changed (job reset).
 
-    def reset_job(_now):
-        return (
+    While its night goes on, the group's ready frames are in their quiet time until
+    ``quiet_time_s`` after this one (``quiet_until``, at most the end of the night): until then
+    they do not hold the night's science frames back (those are reduced at once with the best
+    masters there are, provisionally); once it is over, the master is about to be built, and
+    they do.
+    """
+
+    def reset_job(conn, _now) -> None:
+        conn.execute(
             update(_JOBS)
             .where(*_job_key_clause(group))
             .values(
@@ -425,8 +441,20 @@ def record_ready(engine: Engine, claim: FrameClaim, *, group: GroupKey) -> None:
             )  # fmt: skip
         )
 
-    _record(engine, claim, {"state": _R, "last_error": None, "next_attempt_at": None},
-            also=[reset_job])  # fmt: skip
+    def quiet(conn, now) -> None:
+        info = night_info(conn, group.instrument_id, group.dayobs)
+        until = None
+        if quiet_time_s > 0 and not info.over(now):
+            until = min(now + _seconds(quiet_time_s), info.closed_at or info.ends_at)
+        f = _FRAMES
+        conn.execute(
+            update(f).where(*_group_frames_clause(f, group), f.c.state == _R)
+            .values(quiet_until=until)
+        )  # fmt: skip
+        conn.execute(update(f).where(f.c.id == claim.frame_id).values(quiet_until=until))
+
+    _record(engine, claim, FrameEvent.CHECKED, {"last_error": None, "next_attempt_at": None},
+            also=[reset_job, quiet])  # fmt: skip
 
 
 def record_retry(
@@ -441,23 +469,22 @@ def record_retry(
     values = {
         "attempts": attempts,
         "last_error": error,
-        "state": FrameState.FAILED.value if give_up else _P,
         "next_attempt_at": None if give_up else now + _seconds(delay_s),
     }
-    _record(engine, claim, values)
-    return values["state"]
+    frame_event = FrameEvent.FAILED if give_up else FrameEvent.RETRIED
+    _record(engine, claim, frame_event, values)
+    return FRAME_TRANSITIONS[frame_event].target.value
 
 
 def record_failed(engine: Engine, claim: FrameClaim, error: str) -> None:
     """Failed for good (bad data, a bug, too many attempts), with the reason or traceback."""
-    values = {"state": FrameState.FAILED.value, "attempts": _FRAMES.c.attempts + 1,
-              "last_error": error, "next_attempt_at": None}  # fmt: skip
-    _record(engine, claim, values)
+    values = {"attempts": _FRAMES.c.attempts + 1, "last_error": error, "next_attempt_at": None}
+    _record(engine, claim, FrameEvent.FAILED, values)
 
 
 def release_frame(engine: Engine, claim: FrameClaim) -> None:
     """Give the frame back (shutdown): ``pending`` again, no attempt counted."""
-    _record(engine, claim, {"state": _P})
+    _record(engine, claim, FrameEvent.RELEASED, {})
 
 
 def wake_waiting_frames(engine: Engine) -> int:
@@ -477,11 +504,7 @@ def wake_waiting_frames(engine: Engine) -> int:
             continue
         masters = [_master_exists(f, t) for t in needed]
         conditions.append(and_(f.c.obstype == obstype, *masters))
-    statement = (
-        update(f)
-        .where(f.c.state == FrameState.WAITING_CALIBRATION.value, or_(*conditions))
-        .values(state=_P, next_attempt_at=None)
-    )
+    statement = frame_transition(FrameEvent.WOKEN, or_(*conditions), next_attempt_at=None)
     with engine.begin() as conn:
         woken = conn.execute(statement).rowcount
     if woken:
@@ -498,7 +521,7 @@ def _master_exists(frame, obstype: str) -> sa.Exists:
         m.c.binning == frame.c.binning,
         m.c.readout_mode == sa.func.coalesce(frame.c.readout_mode, ""),
         m.c.filter_name == filter_name,
-        m.c.is_bad == sa.false(),
+        current_master(m),
         or_(frame.c.calibration_cutoff.is_(None), m.c.dateobs <= frame.c.calibration_cutoff),
     )
 
@@ -550,40 +573,47 @@ def _group_rank(obstype: str) -> int:
 
 def _bpm_due(m_like, *, instrument_id, dayobs, binning, readout_mode) -> list[sa.ColumnElement]:
     """Conditions (on master table ``m_like``, correlated to the given columns) for a night
-    whose bad-pixel mask is still to be derived: it has a good master dark or flat, no BPM,
-    and no BPM job that was built or given up. The two inner subqueries correlate to whatever
+    whose bad-pixel mask is still to be derived: it has a current master dark or flat, and
+    either no mask and no BPM job that was built or given up, or a BPM job marked ``stale`` (a
+    dark or flat it was derived from was replaced). The inner subqueries correlate to whatever
     encloses them (the night's master and the candidate frame two levels up): left to
     auto-correlation they would not reach the frame, and would ask whether any night anywhere
     lacks a mask."""
     bpm = MasterCalibration.__table__.alias("bpm")
     job = _JOBS.alias("bpm_job")
+    stale = _JOBS.alias("bpm_stale")
+
+    def job_is(table, statuses: list[str]) -> sa.Exists:
+        return (
+            exists()
+            .where(
+                table.c.instrument_id == instrument_id,
+                table.c.dayobs == dayobs,
+                table.c.obstype == CalibrationType.BPM.value,
+                table.c.binning == binning,
+                table.c.readout_mode == readout_mode,
+                table.c.status.in_(statuses),
+            )
+            .correlate_except(table)
+        )
+
+    no_mask = ~exists().where(
+        bpm.c.instrument_id == instrument_id,
+        bpm.c.dayobs == dayobs,
+        bpm.c.binning == binning,
+        bpm.c.readout_mode == readout_mode,
+        bpm.c.obstype == CalibrationType.BPM.value,
+        current_master(bpm),
+    ).correlate_except(bpm)
+    done = job_is(job, [MasterJobStatus.BUILT.value, MasterJobStatus.FAILED.value])
     return [
         m_like.c.instrument_id == instrument_id,
         m_like.c.dayobs == dayobs,
         m_like.c.binning == binning,
         m_like.c.readout_mode == readout_mode,
         m_like.c.obstype.in_([CalibrationType.DARK.value, CalibrationType.SKYFLAT.value]),
-        m_like.c.is_bad == sa.false(),
-        ~exists()
-        .where(
-            bpm.c.instrument_id == instrument_id,
-            bpm.c.dayobs == dayobs,
-            bpm.c.binning == binning,
-            bpm.c.readout_mode == readout_mode,
-            bpm.c.obstype == CalibrationType.BPM.value,
-            bpm.c.is_bad == sa.false(),
-        )
-        .correlate_except(bpm),
-        ~exists()
-        .where(
-            job.c.instrument_id == instrument_id,
-            job.c.dayobs == dayobs,
-            job.c.obstype == CalibrationType.BPM.value,
-            job.c.binning == binning,
-            job.c.readout_mode == readout_mode,
-            job.c.status.in_([MasterJobStatus.BUILT.value, MasterJobStatus.FAILED.value]),
-        )
-        .correlate_except(job),
+        current_master(m_like),
+        or_(and_(no_mask, ~done), job_is(stale, [MasterJobStatus.STALE.value])),
     ]
 
 
@@ -604,6 +634,51 @@ def _bpm_candidates(conn: Connection) -> list[tuple[GroupKey, float | None]]:
     ]
 
 
+def _stale_candidates(conn: Connection) -> list[tuple[GroupKey, float | None]]:
+    """Bias, dark and flat groups marked ``stale``: a master their inputs were prepared with
+    was replaced, so they are rebuilt now (bad-pixel masks: :func:`_bpm_candidates`)."""
+    j = _JOBS
+    rows = conn.execute(
+        select(j.c.instrument_id, j.c.dayobs, j.c.obstype, j.c.binning, j.c.readout_mode,
+               j.c.filter_name, Site.longitude_deg)
+        .join(Instrument, Instrument.id == j.c.instrument_id)
+        .join(Site, Site.id == Instrument.site_id)
+        .where(j.c.status == MasterJobStatus.STALE.value, j.c.obstype != CalibrationType.BPM.value)
+    ).all()  # fmt: skip
+    return [(GroupKey(r.instrument_id, r.dayobs, r.obstype, r.binning, r.readout_mode,
+                      r.filter_name), r.longitude_deg) for r in rows]  # fmt: skip
+
+
+def _finalize_candidates(conn: Connection, now: dt.datetime) -> list[tuple[GroupKey, float | None]]:
+    """Groups whose current master is provisional while their night is over: built once more,
+    which promotes the master to final when its group did not change (nothing is redone), or
+    registers a final master from the group as it is now. Groups whose last build was given up
+    are left as they are."""
+    m, j = MasterCalibration.__table__, _JOBS
+    given_up = exists().where(
+        j.c.instrument_id == m.c.instrument_id, j.c.dayobs == m.c.dayobs,
+        j.c.obstype == m.c.obstype, j.c.binning == m.c.binning,
+        j.c.readout_mode == m.c.readout_mode, j.c.filter_name == m.c.filter_name,
+        j.c.status.in_([MasterJobStatus.FAILED.value, MasterJobStatus.NOT_ENOUGH.value]),
+    )  # fmt: skip
+    rows = conn.execute(
+        select(m.c.instrument_id, m.c.dayobs, m.c.obstype, m.c.binning, m.c.readout_mode,
+               m.c.filter_name, Site.longitude_deg)
+        .join(Instrument, Instrument.id == m.c.instrument_id)
+        .join(Site, Site.id == Instrument.site_id)
+        .where(m.c.calibration_status == CalibrationStatus.PROVISIONAL.value, current_master(m),
+               ~given_up)
+        .distinct()
+    ).all()  # fmt: skip
+    out = []
+    for r in rows:
+        if night_info(conn, r.instrument_id, r.dayobs).over(now):
+            key = GroupKey(r.instrument_id, r.dayobs, r.obstype, r.binning, r.readout_mode,
+                           r.filter_name)  # fmt: skip
+            out.append((key, r.longitude_deg))
+    return out
+
+
 def _candidate_groups(conn: Connection, now: dt.datetime) -> list[tuple[GroupKey, float | None]]:
     f = _FRAMES
     filter_expr = sa.case(
@@ -620,14 +695,16 @@ def _candidate_groups(conn: Connection, now: dt.datetime) -> list[tuple[GroupKey
                   Site.longitude_deg)
     )  # fmt: skip
     rows = conn.execute(query).all()
-    keyed = [
-        (GroupKey(r.instrument_id, r.dayobs, r.obstype, r.binning, r.mode, r.filt), r.longitude_deg)
+    keyed = {
+        GroupKey(r.instrument_id, r.dayobs, r.obstype, r.binning, r.mode, r.filt): r.longitude_deg
         for r in rows
-    ]
-    keyed += _bpm_candidates(conn)
-    keyed.sort(key=lambda kv: (kv[0].dayobs, _group_rank(kv[0].obstype), kv[0].instrument_id,
-                               kv[0].binning, kv[0].readout_mode, kv[0].filter_name))  # fmt: skip
-    return keyed
+    }
+    for key, lon in (*_stale_candidates(conn), *_bpm_candidates(conn),
+                     *_finalize_candidates(conn, now)):  # fmt: skip
+        keyed.setdefault(key, lon)
+    return sorted(keyed.items(), key=lambda kv: (
+        kv[0].dayobs, _group_rank(kv[0].obstype), kv[0].instrument_id, kv[0].binning,
+        kv[0].readout_mode, kv[0].filter_name))  # fmt: skip
 
 
 def _group_status(
@@ -673,10 +750,10 @@ def _group_status(
                 j.c.obstype.in_(list(prerequisites)),
                 j.c.binning == key.binning,
                 j.c.readout_mode == key.readout_mode,
-                j.c.lease_owner.is_not(None),
-                j.c.lease_expires_at > now,
+                or_(and_(j.c.lease_owner.is_not(None), j.c.lease_expires_at > now),
+                    j.c.status == MasterJobStatus.STALE.value),
             )
-        ).scalar_one()
+        ).scalar_one()  # fmt: skip
         if building:
             return GroupStatus(key, lon, False, "a master it needs is being built")
     job = conn.execute(select(_JOBS).where(*_job_key_clause(key))).first()
@@ -692,7 +769,9 @@ def _group_status(
     ).scalar_one()
     complete = group_is_complete(dayobs=key.dayobs, longitude_deg=lon,
                                  last_ingested_at=last or now, now=now,
-                                 quiet_time_s=quiet_time_s)  # fmt: skip
+                                 quiet_time_s=quiet_time_s,
+                                 closed_at=closed_at(conn, key.instrument_id,
+                                                     key.dayobs))  # fmt: skip
     if not complete:
         ready_at = last + _seconds(quiet_time_s) if last else now
         reason = f"night not over; quiet until {ready_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -870,10 +949,9 @@ def finish_group(
                 if row.filename not in reasons:
                     continue
                 changed += conn.execute(
-                    update(f)
-                    .where(f.c.id == row.id, f.c.state == _R)
-                    .values(state=FrameState.FAILED.value, attempts=f.c.attempts + 1,
-                            last_error=reasons[row.filename], updated_at=now)
+                    frame_transition(FrameEvent.GIVEN_UP, f.c.id == row.id,
+                                     attempts=f.c.attempts + 1,
+                                     last_error=reasons[row.filename], updated_at=now)
                 ).rowcount  # fmt: skip
         elif defer_until is not None:
             changed = conn.execute(

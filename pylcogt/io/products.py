@@ -2,7 +2,9 @@
 
 Products are tile-compressed FITS (``.fits.fz``): ``SCI`` and ``ERR`` float32 with RICE and
 quantisation at 1/16 of the local noise (``quantize_level=16``, subtractive dithering), which
-keeps the noise statistics; ``BPM`` uint8, lossless. A product is written to a temporary file in
+keeps the noise statistics; ``BPM`` uint8, lossless. The dithering is seeded from each tile's
+checksum (``DITHER_SEED_CHECKSUM``), not from the clock (astropy's default): the same frame
+gives the same bytes, so a reduction can be reproduced bit for bit (``reduce --as-of``). A product is written to a temporary file in
 the destination folder, flushed to disk, then renamed over the destination: a reader sees the
 old file or the new one, never half of one. ``CAT`` is a binary table (the source catalogue of
 :mod:`pylcogt.stages.detect`): column units in ``TUNITn`` (astropy's generic unit strings, e.g.
@@ -32,6 +34,9 @@ __all__ = [
     "clean_header",
     "TILE_ROWS",
 ]
+
+#: cfitsio's dither seed "from the tile's checksum": reproducible, unlike the clock seed.
+DITHER_SEED_CHECKSUM = -1
 
 #: Rows per compression tile: whole-row tiles of 64 rows (astropy's default, one row per tile,
 #: costs 4096 tile overheads per 4k plane: 2.1 s against 1.1 s to write a product).
@@ -82,7 +87,8 @@ def write_product(path: Path, frame: Frame, *, catalog: Table | None = None) -> 
     tiles = (min(TILE_ROWS, frame.shape[0]), frame.shape[1])
     hdus: list[fits.hdu.base.ExtensionHDU] = [
         fits.CompImageHDU(frame.sci, header=header, name="SCI", compression_type="RICE_1",
-                          tile_shape=tiles, quantize_level=16, quantize_method=1),
+                          tile_shape=tiles, quantize_level=16, quantize_method=1,
+                          dither_seed=DITHER_SEED_CHECKSUM),
         fits.CompImageHDU(frame.bpm, name="BPM", compression_type="RICE_1", tile_shape=tiles),
     ]  # fmt: skip
     if frame.err is not None:
@@ -90,7 +96,7 @@ def write_product(path: Path, frame: Frame, *, catalog: Table | None = None) -> 
         hdus.append(
             fits.CompImageHDU(frame.err, header=err_header, name="ERR", compression_type="RICE_1",
                               tile_shape=tiles, quantize_level=_err_quantize_level(frame.err),
-                              quantize_method=1)
+                              quantize_method=1, dither_seed=DITHER_SEED_CHECKSUM)
         )  # fmt: skip
     if catalog is not None:
         hdus.append(_catalog_hdu(catalog))

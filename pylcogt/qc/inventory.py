@@ -27,6 +27,7 @@ from pylcogt.db.models import (
     MasterCalibration,
     MasterInput,
     RawFrame,
+    current_master,
 )
 from pylcogt.instruments import SCIENCE_OBSTYPES
 
@@ -108,7 +109,7 @@ def _previous(session: Session, master: MasterCalibration) -> MasterCalibration 
             MasterCalibration.readout_mode == master.readout_mode,
             MasterCalibration.filter_name == master.filter_name,
             MasterCalibration.dayobs < master.dayobs,
-            MasterCalibration.is_bad.is_(False),
+            current_master(MasterCalibration),
         )
         .order_by(MasterCalibration.dayobs.desc(), MasterCalibration.dateobs.desc(),
                   MasterCalibration.id.desc())  # fmt: skip

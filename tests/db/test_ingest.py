@@ -10,17 +10,19 @@ from sqlalchemy import func, select
 
 from pylcogt.db import migrate, repo
 from pylcogt.db.models import (
-    CalibrationRole,
+    CalibrationStatus,
     CalibrationType,
-    FrameCalibration,
     FrameState,
     Instrument,
     MasterCalibration,
     RawFrame,
+    Reduction,
+    ReductionStatus,
     Site,
 )
 from pylcogt.db.session import get_sessionmaker
 from pylcogt.ingest import ingest_paths
+from pylcogt.lifecycle import UsedMaster, record_reduction
 
 from ..fitsmaker import write_frame
 
@@ -136,11 +138,13 @@ def test_changed_content_is_reregistered_and_reset(maker, tmp_path: Path) -> Non
         )
         session.add(master)
         session.flush()
-        session.add(
-            FrameCalibration(frame_id=frame.id, role=CalibrationRole.BIAS, master_id=master.id)
-        )
+        record_reduction(session, frame_id=frame.id, masters=[UsedMaster("bias", master.id,
+                         master.checksum)], product_path=frame.product_path,
+                         product_checksum="1" * 64, calibration_status=CalibrationStatus.FINAL,
+                         reason="first reduction", started_at=None, now=dt.datetime(2026, 11, 29),
+                         pipeline_version="test")  # fmt: skip
         session.commit()
-        old_checksum, frame_id = frame.checksum, frame.id
+        old_checksum, frame_id, master_id = frame.checksum, frame.id, master.id
 
     write_frame(path, OBSTYPE="EXPOSE", EXPTIME=20.0, FILTER="V", value=1234)
     report = ingest_paths(maker, [path])
@@ -150,7 +154,10 @@ def test_changed_content_is_reregistered_and_reset(maker, tmp_path: Path) -> Non
         assert frame.checksum != old_checksum
         assert frame.exptime_s == 20.0
         assert (frame.state, frame.attempts, frame.product_path) == (FrameState.PENDING, 0, None)
-        assert session.scalars(select(FrameCalibration)).all() == []
+        # the reduction made from the old content is history now, not deleted
+        (reduction,) = session.scalars(select(Reduction)).all()
+        assert reduction.status is ReductionStatus.SUPERSEDED and reduction.superseded_at
+        assert [m.master_id for m in reduction.masters] == [master_id]
         assert session.scalar(select(func.count()).select_from(RawFrame)) == 1
 
 

@@ -23,14 +23,17 @@ from pylcogt import provenance as prov
 from pylcogt.db import migrate
 from pylcogt.db.models import (
     CalibrationRole,
+    CalibrationStatus,
     CalibrationType,
     CameraFamily,
-    FrameCalibration,
     FrameState,
     Instrument,
     MasterCalibration,
     MasterInput,
     RawFrame,
+    Reduction,
+    ReductionMaster,
+    ReductionStatus,
     Site,
 )
 from pylcogt.db.session import get_engine, get_sessionmaker
@@ -76,7 +79,10 @@ def _seed(url: str) -> dict[str, int]:
             return row
 
         def master(name: str, obstype: CalibrationType, inputs: list[RawFrame], *,
-                   night: dt.date = NIGHT, filter_name: str = "") -> MasterCalibration:  # fmt: skip
+                   night: dt.date = NIGHT, filter_name: str = "",
+                   prepared_with: tuple[MasterCalibration, ...] = (),
+                   ) -> MasterCalibration:  # fmt: skip
+            prep = {m.obstype: m.id for m in prepared_with}
             row = MasterCalibration(
                 obstype=obstype, instrument_id=inst.id, binning="1x1", readout_mode="full_frame",
                 filter_name=filter_name, dayobs=night,
@@ -86,16 +92,26 @@ def _seed(url: str) -> dict[str, int]:
             )  # fmt: skip
             session.add(row)
             session.flush()
-            session.add_all(MasterInput(master_id=row.id, frame_id=f.id) for f in inputs)
+            session.add_all(MasterInput(master_id=row.id, frame_id=f.id, frame_checksum=f.checksum,
+                                        bias_master_id=prep.get(BIAS),
+                                        dark_master_id=prep.get(DARK))
+                            for f in inputs)  # fmt: skip
             ids[name] = row.id
             return row
 
         def used(frames: list[RawFrame], *masters: MasterCalibration) -> None:
-            session.add_all(
-                FrameCalibration(frame_id=f.id, role=ROLE[m.obstype], master_id=m.id)
-                for f in frames
-                for m in masters
-            )
+            """Each science frame's current reduction used these masters."""
+            for f in frames:
+                reduction = Reduction(
+                    frame_id=f.id, status=ReductionStatus.CURRENT,
+                    calibration_status=CalibrationStatus.FINAL, reason="first reduction",
+                    finished_at=T0, product_path=f.product_path, product_checksum="1" * 64,
+                )  # fmt: skip
+                reduction.masters = [ReductionMaster(role=ROLE[m.obstype], master_id=m.id,
+                                                     master_checksum=m.checksum)
+                                     for m in masters]  # fmt: skip
+                session.add(reduction)
+            session.flush()
 
         earlier = NIGHT - dt.timedelta(days=1)
         b0 = [frame("b0", "BIAS", 0, night=earlier)]
@@ -104,11 +120,12 @@ def _seed(url: str) -> dict[str, int]:
         darks = [frame(f"d{i}", "DARK", 10 + i) for i in (1, 2)]
         flats = [frame(f"f{i}", "SKYFLAT", 20 + i, filter_name="rp") for i in (1, 2)]
         B = master("B", BIAS, biases)
-        D = master("D", DARK, darks)
-        F = master("F", FLAT, flats, filter_name="rp")
-        P = master("P", BPM, darks + flats)
-        used(darks, B)
-        used(flats, B, D)
+        D = master("D", DARK, darks, prepared_with=(B,))
+        F = master("F", FLAT, flats, filter_name="rp", prepared_with=(B, D))
+        P = master("P", BPM, darks, prepared_with=(B,))  # as each was prepared for D and F
+        session.add_all(MasterInput(master_id=P.id, frame_id=f.id, frame_checksum=f.checksum,
+                                    bias_master_id=B.id, dark_master_id=D.id) for f in flats)
+        P.n_inputs = len(darks + flats)
         product = "/data/lsc/fa15/20261128/processed/{}.fits.fz"
         s1 = frame("s1", "EXPOSE", 100, filter_name="rp", product_path=product.format("s1"))
         s2 = frame("s2", "EXPOSE", 110, filter_name="rp", product_path=product.format("s2"),
@@ -135,8 +152,8 @@ def _snapshot(url: str) -> dict[str, list[tuple]]:
     with get_engine(url).connect() as conn:
         return {
             table: sorted(tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {table}")))
-            for table in ("raw_frames", "master_calibrations", "master_inputs",
-                          "frame_calibrations")
+            for table in ("raw_frames", "master_calibrations", "master_inputs", "reductions",
+                          "reduction_masters")
         }  # fmt: skip
 
 

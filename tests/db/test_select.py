@@ -49,6 +49,16 @@ _nights = itertools.count()
 _paths = itertools.count()
 
 
+def night_of(t: dt.datetime) -> dt.date:
+    """The tests' night rule: a night runs from noon to noon UTC."""
+    return (t.replace(tzinfo=None) - 12 * H).date() if t.tzinfo is None else night_of(
+        t.astimezone(dt.timezone.utc).replace(tzinfo=None))
+
+
+def _fake_night() -> dt.date:
+    return dt.date(2000, 1, 1) + dt.timedelta(days=next(_nights))
+
+
 @dataclass
 class Registry:
     session: Session
@@ -66,22 +76,28 @@ class Registry:
         filter_name: str | None = None,
         is_bad: bool = False,
         created_at: dt.datetime | None = None,
+        dayobs: dt.date | None = None,
+        bad_at: dt.datetime | None = None,
     ) -> MasterCalibration:
         if filter_name is None:
             filter_name = "rp" if obstype is FLAT else ""
+        if dayobs is None:
+            # flats are chosen by night (the test convention: a night ends at noon UTC); the
+            # closest-in-time types never read dayobs: a distinct night per master keeps these
+            # hand-made registries legal under "one current master per night and group"
+            dayobs = night_of(dateobs) if obstype is FLAT else _fake_night()
         master = MasterCalibration(
             obstype=obstype,
             instrument_id=self.fa03 if instrument_id is None else instrument_id,
             binning=binning,
             readout_mode=readout_mode,
             filter_name=filter_name,
-            # selection never reads dayobs; a distinct night per master keeps these hand-made
-            # registries legal under "one good master per night and group"
-            dayobs=dt.date(2000, 1, 1) + dt.timedelta(days=next(_nights)),
+            dayobs=dayobs,
             dateobs=dateobs,
             path=f"/masters/{next(_paths)}.fits",
             checksum="0" * 64,
             is_bad=is_bad,
+            bad_at=bad_at if bad_at is not None or not is_bad else dateobs + 7 * H,
             n_inputs=5,
             created_at=created_at or dateobs + 6 * H,
         )
@@ -95,6 +111,7 @@ class Registry:
             "binning": "1x1",
             "readout_mode": "full_frame",
             "filter_name": "rp",
+            "dayobs": night_of(dateobs),
         }
         options.update(kw)
         return select_master(self.session, obstype=obstype, dateobs=dateobs, **options)
@@ -137,7 +154,7 @@ def test_rules_cover_every_type() -> None:
         assert rule.obstype is obstype
         assert {"instrument_id", "binning", "readout_mode"} <= set(rule.match)
         assert rule.matches_filter is (obstype is FLAT)
-        expected = TimeRule.LATEST_BEFORE if obstype is FLAT else TimeRule.CLOSEST
+        expected = TimeRule.NIGHT if obstype is FLAT else TimeRule.CLOSEST
         assert rule.time_rule is expected
 
 
@@ -162,35 +179,82 @@ def test_closest_equal_distance_prefers_earlier(reg: Registry, obstype) -> None:
     assert reg.select(obstype, T0 + dt.timedelta(microseconds=1)).master.id == late.id
 
 
-@pytest.mark.parametrize("obstype", [BIAS, FLAT])
-def test_equal_dateobs_prefers_highest_id(reg: Registry, obstype) -> None:
-    before = [reg.add(obstype, T0 - 1 * H) for _ in range(3)]
-    assert reg.select(obstype, T0).master.id == max(m.id for m in before)
-    after = [reg.add(obstype, T0 + 5 * D, instrument_id=reg.fa04) for _ in range(3)]
-    chosen = reg.select(obstype, T0 + 4 * D, instrument_id=reg.fa04)  # only later ones
+def test_equal_dateobs_prefers_highest_id(reg: Registry) -> None:
+    before = [reg.add(BIAS, T0 - 1 * H) for _ in range(3)]
+    assert reg.select(BIAS, T0).master.id == max(m.id for m in before)
+    after = [reg.add(BIAS, T0 + 5 * D, instrument_id=reg.fa04) for _ in range(3)]
+    chosen = reg.select(BIAS, T0 + 4 * D, instrument_id=reg.fa04)  # only later ones
     assert chosen.master.id == max(m.id for m in after)
-    exact = [reg.add(obstype, T0 + 10 * D) for _ in range(2)]  # dateobs == frame time
-    assert reg.select(obstype, T0 + 10 * D).master.id == max(m.id for m in exact)
+    exact = [reg.add(BIAS, T0 + 10 * D) for _ in range(2)]  # dateobs == frame time
+    assert reg.select(BIAS, T0 + 10 * D).master.id == max(m.id for m in exact)
 
 
-def test_flat_prefers_at_or_before_over_closer_later(reg: Registry) -> None:
+def test_flat_of_the_frames_night_wins_even_when_taken_after_it(reg: Registry) -> None:
     old = reg.add(FLAT, T0 - 5 * D)
-    reg.add(FLAT, T0 + 1 * H)
+    reg.add(FLAT, T0 + 1 * D)  # the next night's: closer in time than `old`, never before it
     chosen = reg.select(FLAT, T0)
     assert chosen.master.id == old.id and not chosen.fallback_later
-    assert chosen.rule.time_rule is TimeRule.LATEST_BEFORE
+    assert chosen.rule.time_rule is TimeRule.NIGHT
     assert chosen.rule.role is CalibrationRole.FLAT
-    same_time = reg.add(FLAT, T0)
-    assert reg.select(FLAT, T0).master.id == same_time.id  # "at" counts as before
+    # tonight's flat (evening and morning frames together: dated after this 03:00 frame)
+    tonight = reg.add(FLAT, T0 + 2 * H)
+    assert tonight.dayobs == night_of(T0)
+    chosen = reg.select(FLAT, T0)
+    assert chosen.master.id == tonight.id and not chosen.fallback_later
+    # every frame of tonight, evening or morning, gets it; the next night keeps its own
+    assert reg.select(FLAT, T0 - 8 * H).master.id == tonight.id
+    assert reg.select(FLAT, T0 + 8 * H).master.id == tonight.id
+    assert reg.select(FLAT, T0 + 1 * D).master.id != tonight.id
 
 
-def test_flat_falls_back_to_earliest_later_with_flag(reg: Registry) -> None:
+def test_flat_falls_back_to_earliest_later_night_with_flag(reg: Registry) -> None:
     reg.add(FLAT, T0 + 2 * D)
     first_later = reg.add(FLAT, T0 + 1 * D)
     reg.add(FLAT, T0 - 1 * D, is_bad=True)
     chosen = reg.select(FLAT, T0)
     assert chosen.master.id == first_later.id
     assert chosen.fallback_later is True
+
+
+def test_flat_needs_the_frames_night(reg: Registry) -> None:
+    reg.add(FLAT, T0)
+    with pytest.raises(ValueError, match="DAY-OBS"):
+        reg.select(FLAT, T0, dayobs=None)
+
+
+def _supersede(reg: Registry, old: MasterCalibration, new: MasterCalibration,
+               when: dt.datetime) -> None:  # fmt: skip
+    old.superseded_at, old.superseded_by_id = when, new.id
+    reg.session.flush()
+
+
+@pytest.mark.parametrize("obstype", [BIAS, FLAT])
+def test_superseded_masters_are_skipped_but_seen_as_of_before(reg: Registry, obstype) -> None:
+    night = night_of(T0)
+    first = reg.add(obstype, T0 - 2 * H, created_at=T0 + 1 * H, dayobs=night)
+    first.superseded_at = T0 + 9 * H  # (a rebuild with the morning frames comes)
+    reg.session.flush()
+    second = reg.add(obstype, T0 + 1 * H, created_at=T0 + 9 * H, dayobs=night)
+    _supersede(reg, first, second, T0 + 9 * H)
+    assert reg.select(obstype, T0).master.id == second.id
+    # the registry as it stood: before the rebuild the first master, after it the second
+    assert reg.select(obstype, T0, as_of=T0 + 5 * H).master.id == first.id
+    assert reg.select(obstype, T0, as_of=T0 + 9 * H).master.id == first.id  # strictly before
+    assert reg.select(obstype, T0, as_of=T0 + 10 * H).master.id == second.id
+    with pytest.raises(CalibrationNotFoundError):
+        reg.select(obstype, T0, as_of=T0 + 1 * H)
+
+
+def test_as_of_sees_masters_marked_bad_later(reg: Registry) -> None:
+    older = reg.add(BIAS, T0 - 1 * D)
+    bias = reg.add(BIAS, T0, created_at=T0 + 1 * H, is_bad=True, bad_at=T0 + 5 * H)
+    assert reg.select(BIAS, T0).master.id == older.id
+    assert reg.select(BIAS, T0, as_of=T0 + 4 * H).master.id == bias.id
+    assert reg.select(BIAS, T0, as_of=T0 + 6 * H).master.id == older.id
+    # bad before revision 0007 recorded no time: bad all along
+    bias.bad_at = None
+    reg.session.flush()
+    assert reg.select(BIAS, T0, as_of=T0 + 4 * H).master.id == older.id
 
 
 # --- matching -----------------------------------------------------------------------------
@@ -211,11 +275,12 @@ def test_bad_masters_are_skipped(reg: Registry, obstype) -> None:
 def test_other_instrument_binning_readout_or_filter_never_chosen(reg: Registry, obstype) -> None:
     far = reg.add(obstype, T0 - 30 * D)
     for when in (T0 - 1 * H, T0, T0 + 1 * H):
-        reg.add(obstype, when, instrument_id=reg.fa04)  # other camera, same telescope
-        reg.add(obstype, when, binning="2x2")
-        reg.add(obstype, when, readout_mode="central_2k_2x2")
+        night = _fake_night()  # one current master per night and group
+        reg.add(obstype, when, instrument_id=reg.fa04, dayobs=night)  # other camera, same scope
+        reg.add(obstype, when, binning="2x2", dayobs=night)
+        reg.add(obstype, when, readout_mode="central_2k_2x2", dayobs=night)
         if obstype is FLAT:
-            reg.add(obstype, when, filter_name="V")
+            reg.add(obstype, when, filter_name="V", dayobs=night)
     assert reg.select(obstype, T0).master.id == far.id
     far.is_bad = True
     reg.session.flush()
@@ -487,6 +552,16 @@ _LOOKUPS = [
 _KEY = {"binning": "1x1", "readout_mode": "full_frame", "filter_name": "rp"}
 
 
+def _index(lookup: dict) -> str:
+    """Closest-in-time probes walk the lookup index (by dateobs), flat probes the night one."""
+    return "ix_master_calibrations_nights" if lookup["obstype"] is FLAT else (
+        "ix_master_calibrations_lookup")
+
+
+def _with_night(lookup: dict) -> dict:
+    return {**lookup, "dayobs": (lookup["dateobs"] - 12 * H).date()}
+
+
 @pytest.mark.postgres
 def test_lookup_is_an_index_probe_on_postgresql(postgres_url: str) -> None:
     migrate.upgrade(postgres_url)
@@ -495,12 +570,13 @@ def test_lookup_is_an_index_probe_on_postgresql(postgres_url: str) -> None:
         session.execute(sa.text("ANALYZE master_calibrations"))
         session.commit()
         for lookup, probes in _LOOKUPS:
-            sent = _lookup_sql(postgres_url, session, instrument_id=ids[17], **_KEY, **lookup)
+            sent = _lookup_sql(postgres_url, session, instrument_id=ids[17], **_KEY,
+                               **_with_night(lookup))  # fmt: skip
             assert len(sent) == len(probes), lookup
             for (sql, params), n_probes in zip(sent, probes, strict=True):
                 with get_engine(postgres_url).connect() as conn:
                     plan = "\n".join(conn.exec_driver_sql("EXPLAIN " + sql, params).scalars())
-                assert plan.count("using ix_master_calibrations_lookup") == n_probes, plan
+                assert plan.count(f"using {_index(lookup)}") == n_probes, plan
                 assert plan.count("Limit") == n_probes, plan
                 assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
 
@@ -508,17 +584,22 @@ def test_lookup_is_an_index_probe_on_postgresql(postgres_url: str) -> None:
 def test_lookup_is_an_index_probe_on_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'plan.db'}"
     migrate.upgrade(url)
-    probe = (
-        "SEARCH master_calibrations USING INDEX ix_master_calibrations_lookup (instrument_id=? "
-        "AND obstype=? AND binning=? AND readout_mode=? AND filter_name=? AND is_bad=? AND dateobs"
-    )
+    equal = "instrument_id=? AND obstype=? AND binning=? AND readout_mode=? AND filter_name=?"
+    searches = {
+        "ix_master_calibrations_lookup": "SEARCH master_calibrations USING INDEX "
+        f"ix_master_calibrations_lookup ({equal} AND dateobs",
+        "ix_master_calibrations_nights": "SEARCH master_calibrations USING INDEX "
+        f"ix_master_calibrations_nights ({equal} AND dayobs",
+    }
     try:
         with get_sessionmaker(url)() as session:
             ids = _seed_many(session, n_instruments=5)
             session.execute(sa.text("ANALYZE"))
             session.commit()
             for lookup, probes in _LOOKUPS:
-                sent = _lookup_sql(url, session, instrument_id=ids[3], **_KEY, **lookup)
+                sent = _lookup_sql(url, session, instrument_id=ids[3], **_KEY,
+                                   **_with_night(lookup))  # fmt: skip
+                probe = searches[_index(lookup)]
                 assert len(sent) == len(probes), lookup
                 for (sql, params), n_probes in zip(sent, probes, strict=True):
                     with get_engine(url).connect() as conn:

@@ -20,12 +20,14 @@ from pylcogt.config import Settings, load_settings
 from pylcogt.db import queue
 from pylcogt.db.migrate import ensure_schema
 from pylcogt.db.models import (
-    FrameCalibration,
     FrameState,
     MasterCalibration,
     MasterJob,
     MasterJobStatus,
     RawFrame,
+    Reduction,
+    ReductionMaster,
+    ReductionStatus,
 )
 from pylcogt.db.session import dispose_engines, get_engine, get_sessionmaker
 from pylcogt.errors import TransientError
@@ -142,10 +144,11 @@ def test_a_night_is_reduced_once_with_its_own_masters(env: Env) -> None:
     by_id = {m.id: m for m in masters}
     with get_sessionmaker(env.settings.database_url)() as session:
         links = session.scalars(
-            sa.select(FrameCalibration).where(
-                FrameCalibration.frame_id.in_([f.id for f in science])
-            )
-        ).all()
+            sa.select(ReductionMaster)
+            .join(Reduction, Reduction.id == ReductionMaster.reduction_id)
+            .where(Reduction.frame_id.in_([f.id for f in science]),
+                   Reduction.status == ReductionStatus.CURRENT)
+        ).all()  # fmt: skip
         jobs = session.scalars(sa.select(MasterJob)).all()
     assert len(links) == 4 * len(science)
     assert {by_id[link.master_id].dayobs for link in links} == {dt.date(2026, 11, 20)}

@@ -100,9 +100,12 @@ def test_backfill_uses_only_masters_observed_by_the_end_of_the_night(tmp_path: P
         bias_night = dict(db.execute(query).fetchall())
         assert sorted(d[:10] for d in bias_night.values()) == ["2026-11-19", "2026-11-21"]
         rows = db.execute(
-            "SELECT f.filename, f.obstype, f.state, f.calibration_cutoff, fc.master_id "
-            "FROM raw_frames f LEFT JOIN frame_calibrations fc "
-            "ON fc.frame_id = f.id AND fc.role = 'bias' WHERE f.dayobs LIKE '2026-11-20%'"
+            "SELECT f.filename, f.obstype, f.state, f.calibration_cutoff, "
+            "coalesce(rm.master_id, mi.bias_master_id) FROM raw_frames f "
+            "LEFT JOIN reductions r ON r.frame_id = f.id AND r.status = 'current' "
+            "LEFT JOIN reduction_masters rm ON rm.reduction_id = r.id AND rm.role = 'bias' "
+            "LEFT JOIN master_inputs mi ON mi.frame_id = f.id AND mi.bias_master_id IS NOT NULL "
+            "WHERE f.dayobs LIKE '2026-11-20%'"
         ).fetchall()
         later = db.execute("SELECT count(*) FROM raw_frames WHERE dayobs LIKE '2026-11-21%' "
                            "AND calibration_cutoff IS NOT NULL").fetchone()[0]  # fmt: skip

@@ -133,8 +133,9 @@ def test_science_frames_recover_sky_and_star_fluxes(night) -> None:
 def test_provenance_is_recorded(night) -> None:
     with sqlite3.connect(night["work"] / "pylcogt.db") as db:
         roles = db.execute(
-            "SELECT f.filename, c.role, m.obstype FROM frame_calibrations c "
-            "JOIN raw_frames f ON f.id = c.frame_id "
+            "SELECT f.filename, c.role, m.obstype FROM reduction_masters c "
+            "JOIN reductions r ON r.id = c.reduction_id AND r.status = 'current' "
+            "JOIN raw_frames f ON f.id = r.frame_id "
             "JOIN master_calibrations m ON m.id = c.master_id"
         ).fetchall()
         assert {(r[1], r[2]) for r in roles} == {
@@ -145,8 +146,10 @@ def test_provenance_is_recorded(night) -> None:
         }
         prepared_with = dict(
             db.execute(
-                "SELECT f.obstype, count(*) FROM frame_calibrations c "
-                "JOIN raw_frames f ON f.id = c.frame_id GROUP BY f.obstype"
+                "SELECT f.obstype, sum((i.bias_master_id IS NOT NULL) + (i.dark_master_id IS NOT "
+                "NULL)) FROM master_inputs i JOIN raw_frames f ON f.id = i.frame_id "
+                "JOIN master_calibrations m ON m.id = i.master_id AND m.obstype = f.obstype "
+                "GROUP BY f.obstype"
             ).fetchall()
         )
         # darks were prepared with a bias, flats with a bias and a dark: recorded per input
@@ -190,11 +193,18 @@ def test_reducing_again_replaces_product_and_provenance(night) -> None:
     assert Path(entry["product"]).stat().st_mtime_ns >= before
     with sqlite3.connect(night["work"] / "pylcogt.db") as db:
         rows = db.execute(
-            "SELECT count(*) FROM frame_calibrations c JOIN raw_frames f ON f.id = c.frame_id "
-            "WHERE f.path = ?",
+            "SELECT count(*) FROM reduction_masters c JOIN reductions r ON r.id = c.reduction_id "
+            "AND r.status = 'current' JOIN raw_frames f ON f.id = r.frame_id WHERE f.path = ?",
             (entry["path"],),
         ).fetchone()[0]
-    assert rows == 4  # bias, dark, flat, bpm: replaced, not duplicated
+        history = db.execute(
+            "SELECT r.status, r.reason FROM reductions r JOIN raw_frames f ON f.id = r.frame_id "
+            "WHERE f.path = ? ORDER BY r.id", (entry["path"],),
+        ).fetchall()  # fmt: skip
+    assert rows == 4  # bias, dark, flat, bpm of the current reduction
+    # the earlier reduction is kept in the history, superseded by the one `reduce` made
+    assert [status for status, _ in history] == ["superseded", "current"]
+    assert history[-1][1] == "pylcogt reduce"
 
 
 def test_external_bad_pixel_mask_is_registered(night) -> None:

@@ -147,15 +147,17 @@ def test_many_workers_process_every_frame_once_and_build_every_master_once(
     assert jobs == [("built", None, len(nights) * 5)]
     links = _rows(
         pg_url,
-        "SELECT f.id, c.role, count(*) FROM raw_frames f JOIN frame_calibrations c "
-        "ON c.frame_id = f.id WHERE f.obstype = 'EXPOSE' GROUP BY f.id, c.role",
+        "SELECT f.id, c.role, count(*) FROM raw_frames f JOIN reductions r ON r.frame_id = f.id "
+        "JOIN reduction_masters c ON c.reduction_id = r.id WHERE f.obstype = 'EXPOSE' "
+        "GROUP BY f.id, c.role",
     )
     roles: dict[int, dict[str, int]] = {}
     for frame_id, role, n in links:
         roles.setdefault(frame_id, {})[role] = n
     assert len(roles) == len(nights) * 24
-    # bias, dark, flat and the night's bad-pixel mask exactly once each: a science frame is
-    # claimable only once its night's mask is derived
+    # one reduction (nights over: nothing provisional, nothing redone) with bias, dark, flat and
+    # the night's bad-pixel mask exactly once each: a science frame is claimable only once its
+    # night's mask is derived
     wrong = {frame_id: got for frame_id, got in roles.items()
              if got != {"bias": 1, "dark": 1, "flat": 1, "bpm": 1}}  # fmt: skip
     if wrong:
@@ -193,7 +195,8 @@ def test_a_killed_workers_frame_is_taken_over_after_its_lease(pg_url: str, tmp_p
     others = _rows(pg_url, "SELECT DISTINCT lease_token FROM raw_frames WHERE id <> :id",
                    id=frame_id)  # fmt: skip
     assert others == [(1,)]
-    ((links,),) = _rows(pg_url, "SELECT count(*) FROM frame_calibrations WHERE frame_id = :id",
+    ((links,),) = _rows(pg_url, "SELECT count(*) FROM reduction_masters c JOIN reductions r "
+                                "ON r.id = c.reduction_id WHERE r.frame_id = :id",
                         id=frame_id)  # fmt: skip
     assert links == 4
     ((masters,),) = _rows(pg_url, "SELECT count(*) FROM master_calibrations")

@@ -154,25 +154,49 @@ def test_err_keeps_its_relative_precision(tmp_path: Path) -> None:
 
 
 def test_each_master_is_read_once_per_process(tmp_path: Path, monkeypatch) -> None:
-    """The per-process master cache: same id and checksum -> one read; new checksum -> re-read."""
+    """The per-process master cache: same id and checksum -> one read; another master -> read;
+    the file's sha256 is checked against the registry's on every read."""
     from types import SimpleNamespace
 
     from pylcogt.calibrations import build as build_module
+    from pylcogt.db.models import CalibrationStatus
+    from pylcogt.io.scan import sha256_file
 
-    path = tmp_path / "m.fits.fz"
+    def master(master_id: int, path: Path) -> SimpleNamespace:
+        return SimpleNamespace(id=master_id, checksum=sha256_file(path), path=str(path),
+                               calibration_status=CalibrationStatus.PROVISIONAL)  # fmt: skip
+
+    path, other = tmp_path / "m.fits.fz", tmp_path / "m-v2.fits.fz"
     write_product(path, _frame())
+    write_product(other, _frame(seed=5))
     reads = []
     real = build_module.read_product
     monkeypatch.setattr(build_module, "read_product", lambda p: reads.append(p) or real(p))
     monkeypatch.setattr(build_module, "_master_cache", type(build_module._master_cache)())
-    master = SimpleNamespace(id=7, checksum="a" * 64, path=str(path))
-    first = build_module.load_master(master, fallback_later=False)
-    again = build_module.load_master(master, fallback_later=True)
+    first = build_module.load_master(master(7, path), fallback_later=False)
+    again = build_module.load_master(master(7, path), fallback_later=True)
     assert len(reads) == 1 and again.frame is first.frame and again.fallback_later
-    rebuilt = SimpleNamespace(id=7, checksum="b" * 64, path=str(path))
-    build_module.load_master(rebuilt, fallback_later=False)
+    assert first.checksum == sha256_file(path) and first.calibration_status == "provisional"
+    build_module.load_master(master(8, other), fallback_later=False)
     assert len(reads) == 2
     for i in range(build_module.MASTER_CACHE_SIZE + 1):
-        build_module.load_master(SimpleNamespace(id=100 + i, checksum="c", path=str(path)),
-                                     fallback_later=False)  # fmt: skip
+        build_module.load_master(master(100 + i, path), fallback_later=False)
     assert len(build_module._master_cache) == build_module.MASTER_CACHE_SIZE
+    # a master file changed on disk is not used: provenance would name content that was not
+    changed = master(200, path)
+    changed.checksum = "0" * 64
+    with pytest.raises(build_module.MasterIntegrityError, match="changed on disk.*mark-bad 200"):
+        build_module.load_master(changed, fallback_later=False)
+
+
+def test_the_same_frame_gives_the_same_bytes(tmp_path: Path) -> None:
+    """Dithering seeded from the tiles, not the clock: a product can be reproduced bit for bit
+    (``reduce --as-of``); with astropy's default clock seed the quantised values would differ."""
+    import time
+
+    frame = _frame()
+    first = write_product(tmp_path / "a.fits.fz", frame)
+    time.sleep(1.1)  # the clock seed changes every second
+    assert write_product(tmp_path / "b.fits.fz", frame) == first
+    a, b = read_product(tmp_path / "a.fits.fz"), read_product(tmp_path / "b.fits.fz")
+    assert np.array_equal(a.sci, b.sci) and np.array_equal(a.err, b.err)
