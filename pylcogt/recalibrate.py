@@ -60,6 +60,8 @@ from pylcogt.scheduling import night_is_over
 
 __all__ = [
     "ROLE",
+    "BETTER",
+    "describe_change",
     "RefreshResult",
     "calibrations_settled",
     "reduction_status",
@@ -144,7 +146,13 @@ def reduction_status(
     return CalibrationStatus.FINAL
 
 
-def _describe_change(used: dict[str, int], chosen: dict[str, Selection]) -> str:
+#: How the reason of a reduction redone for a better master starts.
+BETTER = "better calibration: "
+
+
+def describe_change(used: dict[str, int], chosen: dict[CalibrationType, Selection]) -> str:
+    """``better calibration: flat master 12 -> 15 (final); ...``: the masters that differ
+    between a reduction (``used``: role -> master id) and a selection now."""
     changes = []
     for role in sorted(set(used) | {ROLE[t].value for t in chosen}):
         new = next((s.master for t, s in chosen.items() if ROLE[t].value == role), None)
@@ -157,7 +165,7 @@ def _describe_change(used: dict[str, int], chosen: dict[str, Selection]) -> str:
             changes.append(f"{role} master {old} is no longer current")
         else:
             changes.append(f"{role} master {old} -> {new.id} ({new.calibration_status.value})")
-    return "better calibration: " + "; ".join(changes)
+    return BETTER + "; ".join(changes)
 
 
 def _candidates(
@@ -220,7 +228,7 @@ def refresh_reductions(
             if provisional and not rereduce:
                 out.kept.append(frame.id)
                 continue
-            why = _describe_change(used, chosen)
+            why = describe_change(used, chosen)
             changed = session.execute(
                 frame_transition(FrameEvent.REQUEUED, RawFrame.__table__.c.id == frame.id,
                                  RawFrame.__table__.c.state == FrameState.DONE.value,

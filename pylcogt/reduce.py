@@ -60,7 +60,7 @@ from pylcogt.lifecycle import FrameEvent, UsedMaster
 from pylcogt.paths import kept_product_path, product_path
 from pylcogt.photometry.config import PhotometryConfig
 from pylcogt.pipeline import Masters, reduce_science
-from pylcogt.recalibrate import ROLE, reduction_status
+from pylcogt.recalibrate import BETTER, ROLE, describe_change, reduction_status
 from pylcogt.science import astrometry_config, catalog_and_wcs
 
 __all__ = ["ReduceResult", "reduce_frame", "FIRST_REASON"]
@@ -102,6 +102,18 @@ def _record_state(session: Session, frame: RawFrame, frame_event: FrameEvent, er
     frame.last_error = error
     if frame_event is FrameEvent.FAILED:
         frame.attempts += 1
+
+
+def _better(session: Session, frame_id: int, chosen: dict) -> str | None:
+    """"better calibration: ..." naming every master that differs from the current reduction's
+    (the frame was re-queued for the first; others may have been replaced since)."""
+    previous = session.scalars(
+        select(Reduction).where(Reduction.frame_id == frame_id,
+                                Reduction.status == ReductionStatus.CURRENT)
+    ).first()  # fmt: skip
+    if previous is None:
+        return None
+    return describe_change({m.role.value: m.master_id for m in previous.masters}, chosen)
 
 
 def _keep_previous(session: Session, frame_id: int, out: Path) -> str | None:
@@ -186,6 +198,8 @@ def reduce_frame(
                 UsedMaster(ROLE[t].value, sel.master.id, sel.master.checksum, sel.fallback_later)
                 for t, sel in chosen.items()
             ]
+            if reason.startswith(BETTER) and lease_token is not None:
+                reason = _better(session, frame.id, chosen) or reason
             paths = {ROLE[t].value: sel.master.path for t, sel in chosen.items()}
             session.commit()  # no read transaction held open over the computation
             tick = time.perf_counter()

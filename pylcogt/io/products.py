@@ -4,9 +4,9 @@ Products are tile-compressed FITS (``.fits.fz``): ``SCI`` and ``ERR`` float32 wi
 quantisation at 1/16 of the local noise (``quantize_level=16``, subtractive dithering), which
 keeps the noise statistics; ``BPM`` uint8, lossless. The dithering is seeded from each tile's
 checksum (``DITHER_SEED_CHECKSUM``), not from the clock (astropy's default): the same frame
-gives the same bytes, so a reduction can be reproduced bit for bit (``reduce --as-of``). A product is written to a temporary file in
-the destination folder, flushed to disk, then renamed over the destination: a reader sees the
-old file or the new one, never half of one. ``CAT`` is a binary table (the source catalogue of
+gives the same bytes, so a reduction can be reproduced bit for bit (``reduce --as-of``). A
+product is written to a temporary file in the destination folder, flushed to disk, then renamed
+over the destination: a reader sees the old file or the new one, never half of one. ``CAT`` is a binary table (the source catalogue of
 :mod:`pylcogt.stages.detect`): column units in ``TUNITn`` (astropy's generic unit strings, e.g.
 ``electron``, which the FITS unit standard lacks), descriptions as the ``TTYPEn`` comments.
 """
