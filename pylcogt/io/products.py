@@ -6,9 +6,10 @@ keeps the noise statistics; ``BPM`` uint8, lossless. The dithering is seeded fro
 checksum (``DITHER_SEED_CHECKSUM``), not from the clock (astropy's default): the same frame
 gives the same bytes, so a reduction can be reproduced bit for bit (``reduce --as-of``). A
 product is written to a temporary file in the destination folder, flushed to disk, then renamed
-over the destination: a reader sees the old file or the new one, never half of one. ``CAT`` is a binary table (the source catalogue of
-:mod:`pylcogt.stages.detect`): column units in ``TUNITn`` (astropy's generic unit strings, e.g.
-``electron``, which the FITS unit standard lacks), descriptions as the ``TTYPEn`` comments.
+over the destination: a reader sees the old file or the new one, never half of one. ``CAT`` is
+a binary table (the source catalogue of :mod:`pylcogt.stages.detect`): column units in
+``TUNITn`` (astropy's generic unit strings, e.g. ``electron``, which the FITS unit standard
+lacks), descriptions as the ``TTYPEn`` comments.
 """
 
 from __future__ import annotations
