@@ -175,8 +175,9 @@ def _drop_column(table: str, column: str) -> None:
 def _add_column(table: str, column: sa.Column, default_sql: str | None = None) -> None:
     """``ALTER TABLE ADD COLUMN``; a NOT NULL column gets ``default_sql`` as its default, which
     PostgreSQL then drops again (the models declare none)."""
-    if default_sql is not None:
-        column.server_default = sa.text(default_sql)
+    if default_sql is not None:  # existing rows get the default (SQLite requires one)
+        column = sa.Column(column.name, column.type, nullable=column.nullable,
+                           comment=column.comment, server_default=sa.text(default_sql))
     op.add_column(table, column)
     if default_sql is not None and not _sqlite():
         op.alter_column(table, column.name, server_default=None)
