@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from pylcogt import lifecycle
@@ -43,7 +43,6 @@ from pylcogt.db.models import (
     CalibrationStatus,
     CalibrationType,
     FrameState,
-    Instrument,
     MasterCalibration,
     MasterJob,
     MasterJobStatus,
@@ -51,7 +50,6 @@ from pylcogt.db.models import (
     Reduction,
     ReductionMaster,
     ReductionStatus,
-    Site,
 )
 from pylcogt.errors import CalibrationNotFoundError
 from pylcogt.lifecycle import FrameEvent, frame_transition, requeue_values
@@ -214,9 +212,14 @@ def refresh_reductions(
     provisional ones of this instrument and mode, those of night ``dayobs`` and those that used
     ``master_ids`` (masters just replaced). In the caller's transaction (flushed)."""
     out = RefreshResult()
-    for reduction, frame in _candidates(session, instrument_id=instrument_id, binning=binning,
-                                        readout_mode=readout_mode, dayobs=dayobs,
-                                        master_ids=master_ids):  # fmt: skip
+    candidates = _candidates(session, instrument_id=instrument_id, binning=binning,
+                             readout_mode=readout_mode, dayobs=dayobs, master_ids=master_ids)
+    r = Reduction.__table__
+    for chunk in range(0, len(candidates), 500):  # looked at now (refresh_due skips them later)
+        ids = [reduction.id for reduction, _ in candidates[chunk: chunk + 500]]
+        session.execute(update(r).where(r.c.id.in_(ids)).values(checked_at=now)
+                        .execution_options(synchronize_session=False))  # fmt: skip
+    for reduction, frame in candidates:
         used = {m.role.value: m.master_id for m in reduction.masters}
         try:
             chosen = select_reduction_masters(session, frame)
@@ -254,23 +257,27 @@ def refresh_reductions(
 
 def refresh_due(session: Session, *, now: dt.datetime, rereduce: bool = True) -> RefreshResult:
     """:func:`refresh_reductions` for every instrument and mode with provisional reductions of
-    a night that is over (or closed)."""
+    a night that is over (or closed) and that were not looked at since it ended (those kept
+    provisional by ``rereduce=False`` are not looked at again and again)."""
     r, f = Reduction, RawFrame
     rows = session.execute(
-        select(f.instrument_id, f.binning, f.readout_mode, f.dayobs, Site.longitude_deg)
+        select(f.instrument_id, f.binning, f.readout_mode, f.dayobs,
+               sa.func.count(r.id).label("n"), sa.func.count(r.checked_at).label("checked"),
+               sa.func.min(r.checked_at).label("first_check"))
         .join(r, r.frame_id == f.id)
-        .join(Instrument, Instrument.id == f.instrument_id)
-        .join(Site, Site.id == Instrument.site_id)
         .where(r.status == ReductionStatus.CURRENT,
                r.calibration_status == CalibrationStatus.PROVISIONAL,
                f.state == FrameState.DONE)
-        .distinct()
+        .group_by(f.instrument_id, f.binning, f.readout_mode, f.dayobs)
     ).all()  # fmt: skip
     out = RefreshResult()
     scopes = set()
     for row in rows:
         info = night_info(session, row.instrument_id, row.dayobs)
-        if info.over(now):
+        if not info.over(now):
+            continue
+        ended = min(info.ends_at, info.closed_at or info.ends_at)
+        if row.checked < row.n or row.first_check < ended:
             scopes.add((row.instrument_id, row.binning, row.readout_mode))
     for instrument_id, binning, mode in sorted(scopes):
         out.merge(refresh_reductions(session, instrument_id=instrument_id, binning=binning,

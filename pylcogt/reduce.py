@@ -174,6 +174,11 @@ def reduce_frame(
                 f"into masters with `pylcogt stack`, not reduced one by one"
             )
             raise UnprocessableFrameError(msg, path=frame.path)
+        if lease_token is None and not reproduce and frame.state is FrameState.PROCESSING:
+            msg = (f"{frame.filename} is being processed by worker {frame.lease_owner}: run "
+                   f"`pylcogt reduce` again once it is done (or reproduce it elsewhere with "
+                   f"--output-dir)")  # fmt: skip
+            raise UnprocessableFrameError(msg, path=frame.path)
         started = db_now(session)
         reason = frame.redo_reason or (
             FIRST_REASON if frame.product_path is None else "reduced again"

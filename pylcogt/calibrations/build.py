@@ -544,15 +544,25 @@ def _unchanged(
     now: dt.datetime,
     *,
     frame_ids: list[int],
+    left_out: list[int] = (),
 ) -> BuildResult:
     """Nothing to build: the group's current master is made from these frames already. It is
-    promoted to final when ``final``; the frames checked since are stacked (they are in it)."""
+    promoted to final when ``final``; the frames checked since are stacked (they are in it), or
+    given up again (``left_out``: the build that made it left them out)."""
     master_id, path, n_inputs = current.id, current.path, current.n_inputs
     if fence is not None:
         fence(session)
     now = db_now(session)
     promoted = final and lifecycle.promote_master(session, master_id, now)
     _stack_frames(session, frame_ids, now)
+    if left_out:
+        f = RawFrame.__table__
+        session.execute(
+            frame_transition(FrameEvent.GIVEN_UP, f.c.id.in_(left_out), updated_at=now,
+                             last_error=f"left out of master {master_id} ({Path(path).name}), "
+                                        f"built from the same frames: see its build's log")
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
     status = session.scalar(
         select(MasterCalibration.calibration_status).where(MasterCalibration.id == master_id)
     )
@@ -659,8 +669,11 @@ def build_master(
         if current is not None and current.inputs_digest == plan.digest:
             in_it = set(session.scalars(
                 select(MasterInput.frame_id).where(MasterInput.master_id == current.id)))
+            # a frame checked again that the same build left out: left out again, not rebuilt
+            left_out = [f.id for f in frames if f.id not in in_it]
             return _unchanged(session, current, final, fence, now,
-                              frame_ids=[f.id for f in frames if f.id in in_it])  # fmt: skip
+                              frame_ids=[f.id for f in frames if f.id in in_it],
+                              left_out=left_out)  # fmt: skip
         with SpillDir(settings.data_dir) as spill:
             prepared: list[tuple[RawFrame, float | None]] = []
             shared: dict[int, list] = {}  # frame id -> [(master ERR, coefficient)]

@@ -13,9 +13,11 @@ is the type's rank) up to the first frame whose gates pass, not by sorting every
 lease (its worker died: the claim counts one more attempt). A science frame is claimable only
 when its night's calibrations are resolved: no bias, dark or flat frame of the same instrument,
 night, binning and readout mode is still ``pending``, ``processing`` or ``ready`` (a ``ready``
-frame deferred to the end of its night, see :func:`finish_group`, does not hold science back),
-no master of that night is being built (a live lease in ``master_jobs``), and its bad-pixel mask
-is not still to be derived. The order: oldest night first, then bias, dark, flat, science, then
+frame deferred to the end of its night, see :func:`finish_group`, or in its group's quiet time,
+``quiet_until`` from :func:`record_ready`, does not hold science back: the frame is reduced with
+the best masters there are, provisionally), no master of that night is being built (a live
+lease in ``master_jobs``) or marked ``stale``, and its bad-pixel mask is not still to be
+derived. The order: oldest night first, then bias, dark, flat, science, then
 DATE-OBS.
 
 **Leases** last ``lease_s`` seconds and are renewed by a :class:`Heartbeat` thread. **Records**
@@ -24,13 +26,16 @@ lease_token = ? AND state = 'processing'`` (:func:`fence_frame`); no row means t
 taken over, :class:`LeaseLostError` is raised and nothing is recorded. That first ``UPDATE``
 also locks the row (PostgreSQL) or the database (SQLite) until the result is committed.
 
-**Masters** (calibration groups): :func:`group_statuses` finds groups with ``ready`` frames, and
-nights whose bad-pixel mask is due (a good master dark or flat, no mask yet, the night's darks
-and flats resolved), and says which can be built now (every frame of the group checked; the
-bias group resolved before darks, bias and darks before flats; the night over or quiet for
-``quiet_time_s``). :func:`claim_group` takes the group's lease in ``master_jobs`` (one row per
-group, created on first claim), fenced like frames (:func:`fence_group`); the worker checks the
-group again once it holds the lease, so a group built meanwhile is not built twice.
+**Masters** (calibration groups): :func:`group_statuses` finds groups with ``ready`` frames,
+groups marked ``stale`` (a master their inputs were prepared with was replaced), groups whose
+current master is provisional while their night is over (built once more: promoted, or a final
+master), and nights whose bad-pixel mask is due (a current master dark or flat, no mask yet or
+a stale one, the night's darks and flats resolved), and says which can be built now (every
+frame of the group checked; the bias group resolved before darks, bias and darks before flats;
+the night over or quiet for ``quiet_time_s``). :func:`claim_group` takes the group's lease in
+``master_jobs`` (one row per group, created on first claim), fenced like frames
+(:func:`fence_group`); the worker checks the group again once it holds the lease, so a group
+built meanwhile is not built twice.
 
 Times are naive UTC from the database server's clock on PostgreSQL (workers on several machines
 agree on lease expiry) and from this machine's clock on SQLite (one machine by construction).

@@ -62,6 +62,8 @@ class MasterEntry:
     is_bad: bool
     bad_reason: str | None
     previous_id: int | None = None
+    standing: str = "final"  # provisional, final, superseded (by a rebuild) or bad
+    superseded_by: int | None = None
     previous_path: str | None = None
     previous_dayobs: dt.date | None = None
     left_out: tuple[LeftOut, ...] = ()
@@ -195,6 +197,9 @@ def night_inventory(session: Session, night: dt.date, camera: str | None = None)
                 previous_path=prev.path if prev else None,
                 previous_dayobs=prev.dayobs if prev else None,
                 left_out=_left_out(session, m),
+                standing="bad" if m.is_bad else "superseded" if m.superseded_at else
+                m.calibration_status.value,
+                superseded_by=m.superseded_by_id,
             )
         )
     for f in session.scalars(frames_q.order_by(RawFrame.dateobs, RawFrame.id)).unique().all():

@@ -135,6 +135,8 @@ def _master_record(entry: MasterEntry) -> dict:
         "n_inputs": entry.n_inputs,
         "is_bad": entry.is_bad,
         "bad_reason": entry.bad_reason,
+        "standing": entry.standing,
+        "superseded_by": entry.superseded_by,
         "left_out": [{"id": f.frame_id, "file": f.filename, "state": f.state, "reason": f.reason}
                      for f in entry.left_out],  # fmt: skip
         "previous": None,

@@ -88,7 +88,13 @@ def _status(text, good: str) -> _Raw:
 
 def _master_section(m: dict) -> str:
     parts = [f'<div class="card" id="master-{m["id"]}">']
-    flag = ' <span class="bad">MARKED BAD</span>' if m["is_bad"] else ""
+    standing = m.get("standing", "")
+    if m["is_bad"]:
+        flag = ' <span class="bad">MARKED BAD</span>'
+    elif standing == "superseded":
+        flag = f' <span class="warn">superseded by master {_e(m["superseded_by"])}</span>'
+    else:
+        flag = f' <span class="small">{_e(standing)}</span>'  # provisional or final
     parts.append(f"<h3>Master {m['id']}: {_e(m['label'])}{flag}</h3>")
     parts.append(f'<p class="small">{_e(m["file"])}, {m["n_inputs"]} inputs, effective '
                  f"DATE-OBS {_e(m['dateobs'])}</p>")  # fmt: skip
