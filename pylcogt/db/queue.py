@@ -13,12 +13,12 @@ is the type's rank) up to the first frame whose gates pass, not by sorting every
 lease (its worker died: the claim counts one more attempt). A science frame is claimable only
 when its night's calibrations are resolved: no bias, dark or flat frame of the same instrument,
 night, binning and readout mode is still ``pending``, ``processing`` or ``ready`` (a ``ready``
-frame deferred to the end of its night, see :func:`finish_group`, or in its group's quiet time,
-``quiet_until`` from :func:`record_ready`, does not hold science back: the frame is reduced with
-the best masters there are, provisionally), no master of that night is being built (a live
-lease in ``master_jobs``) or marked ``stale``, and its bad-pixel mask is not still to be
-derived. The order: oldest night first, then bias, dark, flat, science, then
-DATE-OBS.
+frame deferred to the end of its night, see :func:`finish_group`, does not hold science back;
+one in its group's quiet time, ``quiet_until`` from :func:`record_ready`, holds back only frames
+that already have a product: a frame without one is reduced at once with the best masters there
+are, provisionally), no master of that night is being built (a live lease in ``master_jobs``) or
+marked ``stale``, and its bad-pixel mask is not still to be derived. The order: oldest night
+first, then bias, dark, flat, science, then DATE-OBS.
 
 **Leases** last ``lease_s`` seconds and are renewed by a :class:`Heartbeat` thread. **Records**
 are fenced: the transaction that records a result starts with ``UPDATE ... WHERE id = ? AND
@@ -198,9 +198,11 @@ def _undeferred_ready(table, now) -> sa.ColumnElement:
 
 
 def _unresolved_calibrations(frame, now, obstypes: Sequence[str]) -> sa.Exists:
-    """Frames of these calibration types of ``frame``'s night and mode are about to be stacked:
-    being checked, or ready in a group that is complete or soon will be (not in its quiet time:
-    ``quiet_until``, see :func:`record_ready`)."""
+    """Frames of these calibration types of ``frame``'s night and mode are still to be stacked:
+    being checked, or ready. A group in its quiet time (``quiet_until``, see
+    :func:`record_ready`) holds back only frames that already have a product (a provisional
+    one, to be redone once tonight's masters settle: no hurry, and one redo instead of one per
+    master); a frame without one is reduced at once with the best masters there are."""
     cal = _FRAMES.alias("cal")
     return exists().where(
         cal.c.instrument_id == frame.c.instrument_id,
@@ -211,9 +213,10 @@ def _unresolved_calibrations(frame, now, obstypes: Sequence[str]) -> sa.Exists:
         or_(
             cal.c.state.in_([_P, _W]),
             and_(_undeferred_ready(cal, now),
-                 or_(cal.c.quiet_until.is_(None), cal.c.quiet_until <= now)),
+                 or_(cal.c.quiet_until.is_(None), cal.c.quiet_until <= now,
+                     frame.c.product_path.is_not(None))),
         ),
-    )
+    )  # fmt: skip
 
 
 def _masters_being_built(frame, now) -> sa.Exists:

@@ -436,3 +436,20 @@ def test_concurrent_sqlite_processes_never_claim_the_same_frame(tmp_path) -> Non
     with reg.engine.connect() as conn:
         tokens = conn.execute(sa.select(RawFrame.lease_token)).scalars().all()
     assert set(tokens) == {1}
+
+
+def test_a_group_in_its_quiet_time_holds_back_only_frames_with_a_product(reg: Registry) -> None:
+    """Live nights: tonight's flats wait for their quiet time; a science frame without a product
+    is reduced at once (provisionally), one with a provisional product waits to be redone once."""
+    flat = reg.frame("SKYFLAT", state=FrameState.READY)
+    fresh = reg.frame("EXPOSE", minutes=10)
+    redo = reg.frame("EXPOSE", minutes=5, product_path="/p/redo-e91.fits.fz")
+    reg.set([flat], quiet_until=utcnow() + dt.timedelta(minutes=15))
+    claim = _claim(reg)
+    assert claim is not None and claim.frame_id == fresh  # the earlier frame is held back
+    assert _claim(reg) is None
+    reg.set([flat], quiet_until=utcnow() - dt.timedelta(seconds=1))  # quiet time over
+    assert _claim(reg) is None  # now the flats are about to be stacked: nobody goes
+    reg.set([flat], state=FrameState.DONE)
+    claim = _claim(reg)
+    assert claim is not None and claim.frame_id == redo

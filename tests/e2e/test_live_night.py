@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from astropy.io import fits
 
 from pylcogt.io.products import read_product
@@ -32,6 +31,7 @@ from pylcogt.simulate.cameras import SITES
 
 from ..envs import clean_env
 from .test_cli import PYLCOGT, run
+from .test_worker_cli import _rows
 
 QUIET = "2"  # seconds: a group of tonight is complete 2 s after its last frame
 WORKER = ["worker", "--quiet-time", QUIET, "--poll", "0.2", "--lease", "30"]
@@ -46,15 +46,6 @@ def tonight(site: str = "lsc", now: dt.datetime | None = None) -> dt.date:
 
 def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _rows(url: str, sql: str, **params) -> list:
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql), params))
-    finally:
-        engine.dispose()
 
 
 def _waves(raw: Path) -> list[list[Path]]:
