@@ -65,6 +65,7 @@ __all__ = [
     "reduction_status",
     "refresh_reductions",
     "refresh_due",
+    "masters_changed_since",
 ]
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,25 @@ def refresh_reductions(
                  "reduction(s) now final", instrument_id, binning, readout_mode or "-",
                  len(out.requeued), len(out.promoted))  # fmt: skip
     return out
+
+
+def masters_changed_since(
+    conn: Connection | Session, *, instrument_id: int, binning: str, readout_mode: str,
+    since: dt.datetime,
+) -> bool:
+    """Whether a master of this instrument and mode was registered, superseded, promoted or
+    marked bad at or after ``since`` (a reduction that selected its masters then may be out of
+    date already: its refresh ran while it was being made)."""
+    m = MasterCalibration.__table__
+    changed = conn.execute(
+        select(m.c.id).where(
+            m.c.instrument_id == instrument_id, m.c.binning == binning,
+            m.c.readout_mode == readout_mode,
+            sa.or_(m.c.created_at >= since, m.c.superseded_at >= since,
+                   m.c.finalized_at >= since, m.c.bad_at >= since),
+        ).limit(1)
+    ).first()  # fmt: skip
+    return changed is not None
 
 
 def refresh_due(session: Session, *, now: dt.datetime, rereduce: bool = True) -> RefreshResult:

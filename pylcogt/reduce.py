@@ -88,6 +88,8 @@ class ReduceResult:
     reduction_id: int | None = None
     calibration_status: str | None = None  # 'provisional' or 'final'
     reason: str | None = None  # why this reduction was made
+    selected_at: dt.datetime | None = None  # when its masters were selected (registry clock)
+    scope: tuple | None = None  # (instrument id, binning, readout mode, DAY-OBS)
 
 
 def _load_frame(session: Session, frame_id: int) -> RawFrame:
@@ -180,6 +182,8 @@ def reduce_frame(
                    f"--output-dir)")  # fmt: skip
             raise UnprocessableFrameError(msg, path=frame.path)
         started = db_now(session)
+        result.selected_at = started
+        result.scope = (frame.instrument_id, frame.binning, frame.readout_mode, frame.dayobs)
         reason = frame.redo_reason or (
             FIRST_REASON if frame.product_path is None else "reduced again"
         )

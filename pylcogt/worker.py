@@ -89,7 +89,12 @@ from pylcogt.errors import (
 from pylcogt.instruments import CALIBRATION_OBSTYPES, SCIENCE_OBSTYPES, crosstalk_lookup
 from pylcogt.io.raw_read import read_raw
 from pylcogt.nights import night_over
-from pylcogt.recalibrate import RefreshResult, refresh_due, refresh_reductions
+from pylcogt.recalibrate import (
+    RefreshResult,
+    masters_changed_since,
+    refresh_due,
+    refresh_reductions,
+)
 from pylcogt.scheduling import backoff_delay, night_end
 from pylcogt.stages.isr import remove_instrument_signature
 
@@ -383,6 +388,21 @@ class Worker:
         self.summary.refreshed(result)
         return bool(result.requeued)
 
+    def _refresh_if_masters_changed(self, result) -> None:
+        """A master changed while this frame was being reduced (another worker built one): the
+        refresh that master triggered could not see this reduction, so run it again."""
+        instrument_id, binning, mode, dayobs = result.scope
+        with writer(self.maker)() as session:
+            if not masters_changed_since(session, instrument_id=instrument_id, binning=binning,
+                                         readout_mode=mode, since=result.selected_at):
+                return
+            refreshed = refresh_reductions(
+                session, instrument_id=instrument_id, binning=binning, readout_mode=mode,
+                dayobs=dayobs, now=queue.db_now(session), rereduce=self.rereduce,
+            )  # fmt: skip
+            session.commit()
+        self.summary.refreshed(refreshed)
+
     def _refresh_after(self, key, result) -> None:
         """A master was built (or found unchanged, or promoted): re-queue or promote the
         reductions it may change (:func:`pylcogt.recalibrate.refresh_reductions`)."""
@@ -485,6 +505,8 @@ class Worker:
                     timings.update(result.timings)
                 else:
                     timings["reduce"] = time.perf_counter() - tick
+                if result.state == "done":
+                    self._refresh_if_masters_changed(result)
                 return result.state
             msg = f"{claim.filename}: no processing chain for OBSTYPE {claim.obstype!r}"
             raise UnprocessableFrameError(msg, path=claim.path)

@@ -208,3 +208,21 @@ def test_refresh_due_finds_nights_over(night: Night) -> None:
     assert refresh_due(night.session, now=DURING).promoted == []
     close_night(night.session, NIGHT, now=DURING)
     assert refresh_due(night.session, now=DURING).promoted == [reduction.id]
+
+
+def test_a_master_changed_during_a_reduction_is_noticed(night: Night) -> None:
+    """The refresh a master triggers cannot see a reduction still being made: the worker asks
+    afterwards whether any master of the mode changed since the reduction selected its own."""
+    from pylcogt.recalibrate import masters_changed_since
+
+    def changed(since: dt.datetime) -> bool:
+        return masters_changed_since(night.session, instrument_id=night.instrument_id,
+                                     binning="1x1", readout_mode="full_frame", since=since)
+
+    bias = night.master("BIAS")  # created T0 - 3 h
+    assert changed(T0 - dt.timedelta(hours=4)) and not changed(T0)
+    bias.superseded_at = T0 + dt.timedelta(minutes=1)
+    night.session.flush()
+    assert changed(T0) and not changed(T0 + dt.timedelta(minutes=2))
+    assert not masters_changed_since(night.session, instrument_id=night.instrument_id,
+                                     binning="2x2", readout_mode="full_frame", since=T0)
