@@ -110,11 +110,15 @@ def calibrations_settled(conn: Connection | Session, frame: RawFrame) -> bool:
     if waiting is not None:
         return False
     j = MasterJob.__table__
+    done = [MasterJobStatus.BUILT.value, MasterJobStatus.FAILED.value,
+            MasterJobStatus.NOT_ENOUGH.value]  # fmt: skip
     busy = conn.execute(
         select(j.c.id).where(
             j.c.instrument_id == frame.instrument_id, j.c.dayobs == frame.dayobs,
             j.c.binning == frame.binning, j.c.readout_mode == (frame.readout_mode or ""),
-            sa.or_(j.c.status == MasterJobStatus.STALE.value, j.c.lease_owner.is_not(None)),
+            # a lease taken only to look at a group that is built is not a build
+            sa.or_(j.c.status == MasterJobStatus.STALE.value,
+                   sa.and_(j.c.lease_owner.is_not(None), j.c.status.not_in(done))),
         ).limit(1)
     ).first()  # fmt: skip
     return busy is None
@@ -216,10 +220,6 @@ def refresh_reductions(
     candidates = _candidates(session, instrument_id=instrument_id, binning=binning,
                              readout_mode=readout_mode, dayobs=dayobs, master_ids=master_ids)
     r = Reduction.__table__
-    for chunk in range(0, len(candidates), 500):  # looked at now (refresh_due skips them later)
-        ids = [reduction.id for reduction, _ in candidates[chunk: chunk + 500]]
-        session.execute(update(r).where(r.c.id.in_(ids)).values(checked_at=now)
-                        .execution_options(synchronize_session=False))  # fmt: skip
     for reduction, frame in candidates:
         used = {m.role.value: m.master_id for m in reduction.masters}
         try:
@@ -230,7 +230,9 @@ def refresh_reductions(
         provisional = reduction.calibration_status is CalibrationStatus.PROVISIONAL
         if now_ids != used:
             if provisional and not rereduce:
-                out.kept.append(frame.id)
+                out.kept.append(frame.id)  # refresh_due does not look at it again and again
+                session.execute(update(r).where(r.c.id == reduction.id).values(kept_at=now)
+                                .execution_options(synchronize_session=False))  # fmt: skip
                 continue
             why = describe_change(used, chosen)
             changed = session.execute(
@@ -277,13 +279,13 @@ def masters_changed_since(
 
 def refresh_due(session: Session, *, now: dt.datetime, rereduce: bool = True) -> RefreshResult:
     """:func:`refresh_reductions` for every instrument and mode with provisional reductions of
-    a night that is over (or closed) and that were not looked at since it ended (those kept
-    provisional by ``rereduce=False`` are not looked at again and again)."""
+    a night that is over (or closed), except those a refresh kept provisional (``rereduce``
+    off) since the night ended: they would be kept again at every pass."""
     r, f = Reduction, RawFrame
     rows = session.execute(
         select(f.instrument_id, f.binning, f.readout_mode, f.dayobs,
-               sa.func.count(r.id).label("n"), sa.func.count(r.checked_at).label("checked"),
-               sa.func.min(r.checked_at).label("first_check"))
+               sa.func.count(r.id).label("n"), sa.func.count(r.kept_at).label("kept"),
+               sa.func.min(r.kept_at).label("first_kept"))
         .join(r, r.frame_id == f.id)
         .where(r.status == ReductionStatus.CURRENT,
                r.calibration_status == CalibrationStatus.PROVISIONAL,
@@ -297,7 +299,7 @@ def refresh_due(session: Session, *, now: dt.datetime, rereduce: bool = True) ->
         if not info.over(now):
             continue
         ended = min(info.ends_at, info.closed_at or info.ends_at)
-        if row.checked < row.n or row.first_check < ended:
+        if row.kept < row.n or row.first_kept < ended:
             scopes.add((row.instrument_id, row.binning, row.readout_mode))
     for instrument_id, binning, mode in sorted(scopes):
         out.merge(refresh_reductions(session, instrument_id=instrument_id, binning=binning,

@@ -224,7 +224,7 @@ def _migrate_provenance() -> None:
         )
     op.execute(
         "INSERT INTO reductions (frame_id, status, calibration_status, reason, started_at, "
-        "finished_at, finalized_at, checked_at, pipeline_version, worker, as_of, product_path, "
+        "finished_at, finalized_at, kept_at, pipeline_version, worker, as_of, product_path, "
         "product_checksum, kept_path, superseded_at, superseded_by_id) "
         "SELECT id, 'current', 'final', 'recorded before revision 0007 (no history kept then)', "
         "NULL, updated_at, updated_at, NULL, NULL, NULL, NULL, product_path, NULL, NULL, NULL, "
@@ -302,8 +302,8 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(), nullable=True),
         sa.Column("finished_at", sa.DateTime(), nullable=False),
         sa.Column("finalized_at", sa.DateTime(), nullable=True),
-        sa.Column("checked_at", sa.DateTime(), nullable=True,
-                  comment="when its masters were last compared with a new selection"),
+        sa.Column("kept_at", sa.DateTime(), nullable=True,
+                  comment="when a refresh last kept it provisional: re-reduction off"),
         sa.Column("pipeline_version", sa.String(length=64), nullable=True),
         sa.Column("worker", sa.String(length=128), nullable=True,
                   comment="lease owner, or the command"),

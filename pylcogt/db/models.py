@@ -482,8 +482,8 @@ class Reduction(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finalized_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    checked_at: Mapped[dt.datetime | None] = mapped_column(
-        DateTime, comment="when its masters were last compared with a new selection"
+    kept_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, comment="when a refresh last kept it provisional: re-reduction off"
     )
     pipeline_version: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(128), comment="lease owner, or the command")

@@ -140,11 +140,16 @@ def test_a_reduction_is_final_only_after_its_night_with_final_masters(night: Nig
     night.session.execute(sa.update(RawFrame).where(RawFrame.filename == "f.fits")
                           .values(filter_name="V"))  # another filter's flats do not matter
     assert reduction_status(night.session, frame, masters, AFTER) is F
+    # another worker holding a built group's lease (to look at it) is not a build
+    job = MasterJob(instrument_id=night.instrument_id, dayobs=NIGHT,
+                    obstype=CalibrationType.DARK, binning="1x1", readout_mode="full_frame",
+                    filter_name="", status=MasterJobStatus.BUILT, attempts=0, lease_token=1,
+                    lease_owner="other:1", lease_expires_at=AFTER)  # fmt: skip
+    night.session.add(job)
+    night.session.flush()
+    assert reduction_status(night.session, frame, masters, AFTER) is F
     # a master of the night due for a rebuild
-    night.session.add(MasterJob(instrument_id=night.instrument_id, dayobs=NIGHT,
-                                obstype=CalibrationType.DARK, binning="1x1",
-                                readout_mode="full_frame", filter_name="",
-                                status=MasterJobStatus.STALE, attempts=0, lease_token=0))
+    job.status = MasterJobStatus.STALE
     night.session.flush()
     assert reduction_status(night.session, frame, masters, AFTER) is P
 
@@ -207,7 +212,27 @@ def test_refresh_due_finds_nights_over(night: Night) -> None:
     reduction = night.reduce(masters)
     assert refresh_due(night.session, now=DURING).promoted == []
     close_night(night.session, NIGHT, now=DURING)
+    # looked at after the close while something was unsettled: looked at again later
+    night.session.add(RawFrame(path="/raw/b.fits", filename="b.fits", checksum="3" * 64,
+                               file_size=1, state=FrameState.PROCESSING, obstype="BIAS",
+                               instrument_id=night.instrument_id, dateobs=T0, dayobs=NIGHT,
+                               exptime_s=0.0, filter_name="air", binning="1x1",
+                               readout_mode="full_frame", attempts=0, lease_token=1))
+    night.session.flush()
+    assert refresh_due(night.session, now=DURING).promoted == []
+    night.session.execute(sa.update(RawFrame).where(RawFrame.filename == "b.fits")
+                          .values(state="done"))
     assert refresh_due(night.session, now=DURING).promoted == [reduction.id]
+
+
+def test_refresh_due_does_not_keep_looking_at_kept_reductions(night: Night) -> None:
+    bias, dark = night.master("BIAS", F), night.master("DARK", F)
+    old_flat = night.master("SKYFLAT", F, night=NIGHT - dt.timedelta(days=3),
+                            dateobs=T0 - dt.timedelta(days=3))  # fmt: skip
+    night.reduce([bias, dark, old_flat])
+    night.master("SKYFLAT", F)  # a better flat; re-reduction off
+    assert refresh_due(night.session, now=AFTER, rereduce=False).kept == [night.frame.id]
+    assert refresh_due(night.session, now=AFTER, rereduce=False).kept == []  # not again
 
 
 def test_a_master_changed_during_a_reduction_is_noticed(night: Night) -> None:

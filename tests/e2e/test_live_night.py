@@ -1,5 +1,5 @@
 """A live night, as an archive runs one: tonight's frames arrive in observing order in waves
-while a worker process runs (evening biases, darks and flats; then the science frames; then the
+while two worker processes run (evening biases, darks and flats; then the science frames; then the
 morning biases, darks and flats), then the night is closed. On both databases.
 
 What must hold at every moment: no master's content changes under its id; every reduction
@@ -34,7 +34,7 @@ from .test_cli import PYLCOGT, run
 from .test_worker_cli import _rows
 
 QUIET = "2"  # seconds: a group of tonight is complete 2 s after its last frame
-WORKER = ["worker", "--quiet-time", QUIET, "--poll", "0.2", "--lease", "30"]
+WORKER = ["worker", "--processes", "2", "--quiet-time", QUIET, "--poll", "0.2", "--lease", "30"]
 
 
 def tonight(site: str = "lsc", now: dt.datetime | None = None) -> dt.date:
