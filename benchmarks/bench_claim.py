@@ -98,18 +98,61 @@ def _old_claimable(frame, now) -> sa.ColumnElement:
     )
     m = MasterCalibration.__table__.alias("night_master")
     bpm_due = exists().where(
-        *queue._bpm_due(m, instrument_id=frame.c.instrument_id, dayobs=frame.c.dayobs,
-                        binning=frame.c.binning, readout_mode=frame.c.readout_mode)
+        *_old_bpm_due(m, instrument_id=frame.c.instrument_id, dayobs=frame.c.dayobs,
+                      binning=frame.c.binning, readout_mode=frame.c.readout_mode)
     )  # fmt: skip
     science_gate = or_(
         frame.c.obstype.in_(CALIBRATION_OBSTYPES),
         ~or_(
-            queue._unresolved_calibrations(frame, now, CALIBRATION_OBSTYPES),
-            queue._masters_being_built(frame, now),
+            _old_unresolved_calibrations(frame, now),
+            _old_masters_being_built(frame, now),
             bpm_due,
         ),
     )
     return and_(due, science_gate)
+
+
+# the gates as they were at revision 0004 (frozen here: the queue's own have grown since, and
+# read columns that a revision 0004 registry does not have)
+def _old_unresolved_calibrations(frame, now) -> sa.Exists:
+    cal = RawFrame.__table__.alias("cal")
+    ready = and_(cal.c.state == "ready",
+                 or_(cal.c.next_attempt_at.is_(None), cal.c.next_attempt_at <= now))
+    return exists().where(
+        cal.c.instrument_id == frame.c.instrument_id, cal.c.dayobs == frame.c.dayobs,
+        cal.c.obstype.in_(list(CALIBRATION_OBSTYPES)), cal.c.binning == frame.c.binning,
+        cal.c.readout_mode == frame.c.readout_mode,
+        or_(cal.c.state.in_(["pending", "processing"]), ready),
+    )  # fmt: skip
+
+
+def _old_masters_being_built(frame, now) -> sa.Exists:
+    job = MasterJob.__table__.alias("job")
+    return exists().where(
+        job.c.instrument_id == frame.c.instrument_id, job.c.dayobs == frame.c.dayobs,
+        job.c.binning == frame.c.binning, job.c.readout_mode == frame.c.readout_mode,
+        job.c.lease_owner.is_not(None), job.c.lease_expires_at > now,
+    )  # fmt: skip
+
+
+def _old_bpm_due(m_like, *, instrument_id, dayobs, binning, readout_mode) -> list:
+    bpm = MasterCalibration.__table__.alias("bpm")
+    job = MasterJob.__table__.alias("bpm_job")
+    return [
+        m_like.c.instrument_id == instrument_id, m_like.c.dayobs == dayobs,
+        m_like.c.binning == binning, m_like.c.readout_mode == readout_mode,
+        m_like.c.obstype.in_(["DARK", "SKYFLAT"]), m_like.c.is_bad == sa.false(),
+        ~exists().where(
+            bpm.c.instrument_id == instrument_id, bpm.c.dayobs == dayobs,
+            bpm.c.binning == binning, bpm.c.readout_mode == readout_mode,
+            bpm.c.obstype == "BPM", bpm.c.is_bad == sa.false(),
+        ).correlate_except(bpm),
+        ~exists().where(
+            job.c.instrument_id == instrument_id, job.c.dayobs == dayobs,
+            job.c.obstype == "BPM", job.c.binning == binning,
+            job.c.readout_mode == readout_mode, job.c.status.in_(["built", "failed"]),
+        ).correlate_except(job),
+    ]  # fmt: skip
 
 
 def old_claim_statement(now: dt.datetime, owner: str, lease_s: float) -> tuple[sa.Update, dict]:

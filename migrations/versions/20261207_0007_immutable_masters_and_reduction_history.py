@@ -57,6 +57,7 @@ _GROUP = ["instrument_id", "obstype", "binning", "readout_mode", "filter_name", 
 _ONE_CURRENT = "NOT is_bad AND superseded_at IS NULL AND obstype <> 'BPM'"
 _ONE_GOOD = "NOT is_bad AND obstype <> 'BPM'"
 _CURRENT_REDUCTION = "status = 'current'"
+_STALE = "status = 'stale'"
 
 # (table, name, SQL) of the table constraints added to existing tables
 _MASTER_CONSTRAINTS = (
@@ -286,6 +287,9 @@ def upgrade() -> None:
     _add_column("raw_frames", sa.Column("quiet_until", sa.DateTime(), nullable=True,
                 comment="a ready calibration frame's group is in its quiet time until then"))
     _replace_job_status_check(_OLD_JOB_STATES, _NEW_JOB_STATES)
+    op.create_index("ix_master_jobs_stale", "master_jobs",
+                    ["instrument_id", "dayobs", "binning", "readout_mode"],
+                    postgresql_where=sa.text(_STALE), sqlite_where=sa.text(_STALE))
 
     # --- new tables ------------------------------------------------------------------------
     calstatus = sa.Enum("provisional", "final", name="calibration_status", native_enum=False,
@@ -396,6 +400,8 @@ def downgrade() -> None:
     op.drop_index("ix_reductions_frame", table_name="reductions")
     op.drop_table("reductions")
 
+    op.drop_index("ix_master_jobs_stale", table_name="master_jobs",
+                  postgresql_where=sa.text(_STALE), sqlite_where=sa.text(_STALE))
     op.execute("UPDATE master_jobs SET status = 'pending' WHERE status = 'stale'")
     _replace_job_status_check(_NEW_JOB_STATES, _OLD_JOB_STATES)
     _drop_column("raw_frames", "quiet_until")

@@ -581,6 +581,16 @@ class MasterJob(Base):
             postgresql_where=text("lease_owner IS NOT NULL"),
             sqlite_where=text("lease_owner IS NOT NULL"),
         ),
+        # groups due for a rebuild: the claim's gate asks for them on every claim too
+        Index(
+            "ix_master_jobs_stale",
+            "instrument_id",
+            "dayobs",
+            "binning",
+            "readout_mode",
+            postgresql_where=text("status = 'stale'"),
+            sqlite_where=text("status = 'stale'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

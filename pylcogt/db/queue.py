@@ -220,18 +220,30 @@ def _unresolved_calibrations(frame, now, obstypes: Sequence[str]) -> sa.Exists:
 
 
 def _masters_being_built(frame, now) -> sa.Exists:
-    """A master of ``frame``'s night and mode is being built (a live lease in master_jobs) or is
-    due for a rebuild (``stale``: a master its inputs were prepared with was replaced)."""
+    """A master of ``frame``'s night and mode is being built (a live lease in master_jobs):
+    probes ``ix_master_jobs_leased``."""
     job = _JOBS.alias("job")
     return exists().where(
         job.c.instrument_id == frame.c.instrument_id,
         job.c.dayobs == frame.c.dayobs,
         job.c.binning == frame.c.binning,
         job.c.readout_mode == frame.c.readout_mode,
-        or_(
-            and_(job.c.lease_owner.is_not(None), job.c.lease_expires_at > now),
-            job.c.status == MasterJobStatus.STALE.value,
-        ),
+        job.c.lease_owner.is_not(None),
+        job.c.lease_expires_at > now,
+    )
+
+
+def _masters_to_rebuild(frame) -> sa.Exists:
+    """A master of ``frame``'s night and mode is due for a rebuild (``stale``: a master its
+    inputs were prepared with was replaced): probes ``ix_master_jobs_stale`` (a separate anti-
+    join: under an ``OR`` with the lease, PostgreSQL scanned every job ever built)."""
+    job = _JOBS.alias("stale_job")
+    return exists().where(
+        job.c.instrument_id == frame.c.instrument_id,
+        job.c.dayobs == frame.c.dayobs,
+        job.c.binning == frame.c.binning,
+        job.c.readout_mode == frame.c.readout_mode,
+        job.c.status == MasterJobStatus.STALE.value,
     )
 
 
@@ -251,7 +263,7 @@ def _claimable(frame, now) -> sa.ColumnElement:
         *_bpm_due(m, instrument_id=frame.c.instrument_id, dayobs=frame.c.dayobs,
                   binning=frame.c.binning, readout_mode=frame.c.readout_mode)
     )  # fmt: skip
-    # The science gate, "a calibration frame, or none of these holds", written as three NOT
+    # The science gate, "a calibration frame, or none of these holds", written as four NOT
     # EXISTS whose subqueries ask for a science frame: the same (a claimable frame has an
     # OBSTYPE, CHECK readable_unless_rejected), but PostgreSQL makes anti-joins of them, probed
     # for the few frames the claim walks, where under an OR it hashed every unresolved frame
@@ -260,6 +272,7 @@ def _claimable(frame, now) -> sa.ColumnElement:
     gates = (
         _unresolved_calibrations(frame, now, CALIBRATION_OBSTYPES),
         _masters_being_built(frame, now),
+        _masters_to_rebuild(frame),
         bpm_due,
     )
     # in_claimable_state: implied by `due`, written as the claim index's predicate
