@@ -430,11 +430,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"failed: {Path(f['path']).name}: {f['error']}")
     prov = report["provenance"]
     if prov:
-        print(f"provenance of {Path(prov['frame']['path']).name}:")
+        reduction = prov.get("reduction") or {}
+        print(f"provenance of {Path(prov['frame']['path']).name} (reduction "
+              f"{reduction.get('id')}, {reduction.get('calibration_status')}: "
+              f"{reduction.get('reason')}):")  # fmt: skip
         for used in prov["masters"]:
             m = used["master"]
-            print(f"  {used['role']:5s} master {m['id']} ({Path(m['path']).name}) from "
-                  f"{len(used['inputs'])} raw frames")  # fmt: skip
+            print(f"  {used['role']:5s} master {m['id']} v{m['version']} {m['standing']} "
+                  f"({Path(m['path']).name}) from {len(used['inputs'])} raw frames, sha256 "
+                  f"{m['checksum'][:12]}..")  # fmt: skip
     unsolved = [r for r in report["reduced"] if (r.get("science") or {}).get("wcs") == "failed"]
     if unsolved:
         hint = "Gaia 5200 or 2MASS 4100, --index-dir; docs/astrometry.rst"

@@ -345,7 +345,7 @@ def _with_standing(value: Any) -> Any:
                                if out["superseded_at"] is not None
                                else out["calibration_status"])  # fmt: skip
         return out
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_with_standing(v) for v in value]
     return value
 
