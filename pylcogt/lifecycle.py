@@ -8,16 +8,22 @@ changed through the ORM is checked too (:func:`check_frame_state`, an attribute 
 illegal assignment of a stored row raises :class:`IllegalTransitionError`). Nothing else in
 pylcogt sets a frame's ``state`` (a unit test reads the source to keep it so).
 
-Frames (``raw_frames.state``)::
+Frames (``raw_frames.state``):
 
-    ingest ──> pending ──claim──> processing ──checked──> ready ──stacked──> done
-       │          ^  ^                │ │ │ └──reduced──> done            (calibration frames)
-       │          │  └─retry/release──┘ │ └──waiting───> waiting_calibration ──woken──> pending
-       └> rejected│                     └────failed────> failed
-                  └── re-queued (mark-bad, a better master, backfill, raw file changed)
+.. code-block:: text
+
+    ingest ─> pending ─claimed─> processing ─checked─> ready ─stacked─> done  (calibration)
+                                     ├─reduced─> done                         (science)
+                                     ├─waiting─> waiting_calibration ─woken─> pending
+                                     ├─failed─> failed
+                                     └─retried, released─> pending
+    ingest ─> rejected (unreadable); a changed file ─updated─> pending (or rejected)
+    done, failed, waiting... ─requeued─> pending (mark-bad, a better master, backfill)
 
 Masters (``master_calibrations``) are immutable: their states are standings, each with its
-time so the registry can be read as it was (``--as-of``)::
+time so the registry can be read as it was (``--as-of``):
+
+.. code-block:: text
 
     registered (provisional | final) ──promoted──> final
           │ current ──superseded──> superseded (superseded_at, superseded_by_id)
