@@ -12,6 +12,10 @@ works on NFS and other shared file systems) and ingests each FITS file once it i
 - files already taken are remembered as ``path -> (size, mtime)`` and skipped without being
   opened; at start, registered files whose size matches and that were not modified since they
   were ingested are skipped the same way (so restarting the watcher does not re-hash an archive).
+  ``ingested_at`` is the database server's time: it is brought to this machine's clock (the
+  difference measured once) before it is compared with modification times;
+- a file the registry refuses (a header value, a second copy of an exposure) is recorded
+  ``rejected`` with its reason, or only reported when even that is refused: the watcher goes on.
 
 For an archive with its own hook, the same ingestion is one call:
 :func:`pylcogt.ingest.ingest_paths` (``ingest_paths(maker, [path])``).
@@ -35,7 +39,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pylcogt.db.models import RawFrame
+from pylcogt.db.clock import db_now
+from pylcogt.db.models import RawFrame, utcnow
 from pylcogt.ingest import FITS_SUFFIXES, IngestResult, _record_with_retry, read_file
 
 __all__ = ["Watcher", "WatchStats", "scan_fits_tree", "known_unchanged", "cmd_watch"]
@@ -76,10 +81,12 @@ def scan_fits_tree(root: str | os.PathLike) -> Iterator[tuple[str, Signature]]:
 def known_unchanged(
     maker: sessionmaker[Session], roots: Iterable[str | os.PathLike]
 ) -> dict[str, tuple[int, dt.datetime]]:
-    """Registered frames under ``roots``: ``path -> (file_size, ingested_at)`` (naive UTC)."""
+    """Registered frames under ``roots``: ``path -> (file_size, ingested_at)``, ``ingested_at``
+    (stamped by the database server) in this machine's clock, naive UTC."""
     prefixes = [os.path.realpath(r).rstrip(os.sep) + os.sep for r in roots]
     out: dict[str, tuple[int, dt.datetime]] = {}
     with maker() as session:
+        server_ahead = db_now(session) - utcnow()
         for prefix in prefixes:
             rows = session.execute(
                 select(RawFrame.path, RawFrame.file_size, RawFrame.ingested_at).where(
@@ -87,7 +94,8 @@ def known_unchanged(
                 )
             )
             for path, size, ingested_at in rows:
-                out[path] = (size, ingested_at)
+                local = ingested_at - server_ahead if ingested_at is not None else None
+                out[path] = (size, local)
     return out
 
 
@@ -237,9 +245,8 @@ def cmd_watch(args: argparse.Namespace, settings) -> int:
         elif result.status == "unchanged":
             log.debug("unchanged %s", name)
         else:
-            extra = f" (same content as frame {result.duplicate_of})" if result.duplicate_of else ""
-            log.info("%s %s: frame %s %s %s%s", result.status, name, result.frame_id,
-                     result.obstype, result.instrument, extra)  # fmt: skip
+            log.info("%s %s: frame %s %s %s", result.status, name, result.frame_id,
+                     result.obstype, result.instrument)  # fmt: skip
         if args.json and result.status != "unchanged":
             sys.stdout.write(json.dumps(asdict(result)) + "\n")
             sys.stdout.flush()

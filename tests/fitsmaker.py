@@ -75,3 +75,15 @@ def write_frame(
     else:
         hdul.writeto(path, overwrite=True)
     return path
+
+
+def replace_header_bytes(path: Path, old: bytes, new: bytes) -> Path:
+    """Replace ``old`` by ``new`` (same length) once in the file's bytes: header values astropy
+    refuses to write (NUL, control characters, non-ASCII), written anyway."""
+    if len(old) != len(new):
+        raise ValueError(f"{old!r} and {new!r} differ in length")
+    data = path.read_bytes()
+    if data.count(old) != 1:
+        raise ValueError(f"{old!r} occurs {data.count(old)} times in {path.name}")
+    path.write_bytes(data.replace(old, new))
+    return path

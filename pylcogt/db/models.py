@@ -3,7 +3,11 @@
 Conventions: every timestamp is naive UTC (``DateTime`` without a time zone, the same on SQLite
 and PostgreSQL); ``dayobs`` is the observing night (``DAY-OBS``) as a date; binning is the
 ``CCDSUM`` card written ``"1x1"``; ``filter_name`` is ``""`` for calibration types that do not
-depend on the filter, so that unique constraints and lookups never meet a NULL. Enumerations are
+depend on the filter, so that unique constraints and lookups never meet a NULL. Values copied
+from frame headers are ``Text`` (no length: a long FILTER is stored, not refused by PostgreSQL);
+the ones that are matched and indexed are bounded by ingest instead
+(:data:`pylcogt.io.raw_header.MAX_KEY_CHARS`), and ``binning`` and ``obstype`` are validated
+there to short values. Enumerations are
 stored as short strings with CHECK constraints (no native PostgreSQL enum types: adding a value
 is then one batch migration on both databases). Every schema change is an alembic revision in
 ``migrations/versions``.
@@ -167,8 +171,8 @@ class Site(Base):
     __tablename__ = "sites"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    code: Mapped[str] = mapped_column(String(8), unique=True)
-    name: Mapped[str | None] = mapped_column(String(128))
+    code: Mapped[str] = mapped_column(Text, unique=True)
+    name: Mapped[str | None] = mapped_column(Text)
     latitude_deg: Mapped[float | None] = mapped_column(Float)
     longitude_deg: Mapped[float | None] = mapped_column(Float, comment="degrees east")
     height_m: Mapped[float | None] = mapped_column(Float)
@@ -181,7 +185,9 @@ class Instrument(Base):
     """A camera on a telescope: (site, enclosure, telescope, camera) is unique.
 
     A camera moved to another telescope is another instrument, since its flats change with it.
-    ``nx``/``ny`` are the light-sensitive detector size in unbinned pixels.
+    ``nx``/``ny`` are the light-sensitive detector size in unbinned pixels. ``min_inputs``
+    overrides the minimum number of frames per master for this instrument (``'BIAS=3,DARK=3'``;
+    ``NULL``: the service's setting).
     """
 
     __tablename__ = "instruments"
@@ -189,14 +195,17 @@ class Instrument(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
-    enclosure: Mapped[str] = mapped_column(String(16), comment="ENCID, e.g. doma")
-    telescope: Mapped[str] = mapped_column(String(16), comment="TELID, e.g. 1m0a")
-    telescope_name: Mapped[str | None] = mapped_column(String(32), comment="TELESCOP, e.g. 1m0-05")
-    camera: Mapped[str] = mapped_column(String(16), index=True, comment="INSTRUME, e.g. fa03")
+    enclosure: Mapped[str] = mapped_column(Text, comment="ENCID, e.g. doma")
+    telescope: Mapped[str] = mapped_column(Text, comment="TELID, e.g. 1m0a")
+    telescope_name: Mapped[str | None] = mapped_column(Text, comment="TELESCOP, e.g. 1m0-05")
+    camera: Mapped[str] = mapped_column(Text, index=True, comment="INSTRUME, e.g. fa03")
     family: Mapped[CameraFamily] = mapped_column(_str_enum(CameraFamily, "camera_family"))
     nx: Mapped[int] = mapped_column(Integer, comment="detector width, unbinned pixels")
     ny: Mapped[int] = mapped_column(Integer, comment="detector height, unbinned pixels")
     n_amplifiers: Mapped[int] = mapped_column(Integer)
+    min_inputs: Mapped[str | None] = mapped_column(
+        Text, comment="per-instrument minimum frames per master, e.g. 'BIAS=3,DARK=3,SKYFLAT=3'"
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     site: Mapped[Site] = relationship(back_populates="instruments")
@@ -225,6 +234,11 @@ def in_claimable_state(state) -> ColumnElement[bool]:
     return state.in_([literal_column(f"'{value}'", String) for value in CLAIMABLE_STATES])
 
 
+#: The predicate of ``uq_raw_frames_exposure``: the frames that hold their exposure (a rejected
+#: copy keeps its key, to say what it is a copy of).
+_REGISTERED_EXPOSURE_SQL = "state <> 'rejected'"
+
+
 class RawFrame(Base):
     """A raw frame registered by ingest, with its processing state.
 
@@ -232,6 +246,12 @@ class RawFrame(Base):
     other state has them all. ``lease_*`` columns belong to the worker: ``lease_token`` is a
     fencing token incremented on every claim, so a worker whose lease was taken over cannot
     record a stale result.
+
+    ``exposure_key`` names the exposure the file holds (:func:`pylcogt.ingest.exposure_key`:
+    site, camera, night and frame number, or the file's sha256 when the header has no frame
+    number): one exposure is registered once, whatever its file name or compression; further
+    copies are ``rejected`` (``uq_raw_frames_exposure``). ``NULL`` on frames registered before
+    revision 0008 and on unreadable ones.
     """
 
     __tablename__ = "raw_frames"
@@ -261,11 +281,19 @@ class RawFrame(Base):
             postgresql_where=text(_CLAIMABLE_STATES_SQL),
             sqlite_where=text(_CLAIMABLE_STATES_SQL),
         ),
+        # one exposure, one registered frame (its other copies are rejected)
+        Index(
+            "uq_raw_frames_exposure",
+            "exposure_key",
+            unique=True,
+            postgresql_where=text(_REGISTERED_EXPOSURE_SQL),
+            sqlite_where=text(_REGISTERED_EXPOSURE_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     path: Mapped[str] = mapped_column(String(1024), unique=True, comment="absolute path")
-    filename: Mapped[str] = mapped_column(String(255), index=True)
+    filename: Mapped[str] = mapped_column(Text, index=True)
     checksum: Mapped[str] = mapped_column(String(64), index=True, comment="sha256 of the file")
     file_size: Mapped[int] = mapped_column(Integer, comment="bytes")
     state: Mapped[FrameState] = mapped_column(_str_enum(FrameState, "frame_state"))
@@ -274,10 +302,13 @@ class RawFrame(Base):
     dateobs: Mapped[dt.datetime | None] = mapped_column(DateTime, comment="DATE-OBS, UTC")
     dayobs: Mapped[dt.date | None] = mapped_column(Date, comment="DAY-OBS, observing night")
     exptime_s: Mapped[float | None] = mapped_column(Float)
-    filter_name: Mapped[str | None] = mapped_column(String(32))
+    filter_name: Mapped[str | None] = mapped_column(Text)
     binning: Mapped[str | None] = mapped_column(String(8), comment="CCDSUM as '2x2'")
-    readout_mode: Mapped[str | None] = mapped_column(String(32), comment="CONFMODE")
-    object_name: Mapped[str | None] = mapped_column(String(128))
+    readout_mode: Mapped[str | None] = mapped_column(Text, comment="CONFMODE")
+    object_name: Mapped[str | None] = mapped_column(Text)
+    exposure_key: Mapped[str | None] = mapped_column(
+        Text, comment="site/camera/DAY-OBS/FRAMENUM, or sha256:<file>: one exposure, once"
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     product_path: Mapped[str | None] = mapped_column(String(1024))
@@ -383,8 +414,8 @@ class MasterCalibration(Base):
     obstype: Mapped[CalibrationType] = mapped_column(_str_enum(CalibrationType, "calibration_type"))
     instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
     binning: Mapped[str] = mapped_column(String(8))
-    readout_mode: Mapped[str] = mapped_column(String(32), default="")
-    filter_name: Mapped[str] = mapped_column(String(32), default="", comment="'' when n/a")
+    readout_mode: Mapped[str] = mapped_column(Text, default="")
+    filter_name: Mapped[str] = mapped_column(Text, default="", comment="'' when n/a")
     dayobs: Mapped[dt.date] = mapped_column(Date)
     dateobs: Mapped[dt.datetime] = mapped_column(DateTime, comment="mean DATE-OBS of inputs, UTC")
     version: Mapped[int] = mapped_column(Integer, default=1, comment="1, 2.. within its group")
@@ -598,8 +629,8 @@ class MasterJob(Base):
     dayobs: Mapped[dt.date] = mapped_column(Date)
     obstype: Mapped[CalibrationType] = mapped_column(_str_enum(CalibrationType, "calibration_type"))
     binning: Mapped[str] = mapped_column(String(8))
-    readout_mode: Mapped[str] = mapped_column(String(32), default="")
-    filter_name: Mapped[str] = mapped_column(String(32), default="", comment="'' when n/a")
+    readout_mode: Mapped[str] = mapped_column(Text, default="")
+    filter_name: Mapped[str] = mapped_column(Text, default="", comment="'' when n/a")
     status: Mapped[MasterJobStatus] = mapped_column(
         _str_enum(MasterJobStatus, "master_job_status"), default=MasterJobStatus.PENDING
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -17,13 +17,17 @@ __all__ = [
     "get_or_create_instrument",
     "frame_by_path",
     "frames_with_checksum",
+    "exposure_holder",
     "list_frames",
     "list_instruments",
 ]
 
 
-def get_or_create_site(session: Session, meta: FrameMetadata) -> Site:
-    """The site ``meta.site``, created from the header on first sight (race-safe)."""
+def get_or_create_site(
+    session: Session, meta: FrameMetadata, *, now: dt.datetime | None = None
+) -> Site:
+    """The site ``meta.site``, created from the header on first sight (race-safe); ``now``:
+    its ``created_at`` (naive UTC; default this machine's clock)."""
     site = session.scalar(select(Site).where(Site.code == meta.site))
     if site is not None:
         return site
@@ -36,15 +40,20 @@ def get_or_create_site(session: Session, meta: FrameMetadata) -> Site:
                 longitude_deg=meta.longitude_deg,
                 height_m=meta.height_m,
             )
+            if now is not None:
+                site.created_at = now
             session.add(site)
     except IntegrityError:  # another process created it first
         site = session.scalars(select(Site).where(Site.code == meta.site)).one()
     return site
 
 
-def get_or_create_instrument(session: Session, meta: FrameMetadata) -> Instrument:
-    """The instrument (site, enclosure, telescope, camera), created on first sight (race-safe)."""
-    site = get_or_create_site(session, meta)
+def get_or_create_instrument(
+    session: Session, meta: FrameMetadata, *, now: dt.datetime | None = None
+) -> Instrument:
+    """The instrument (site, enclosure, telescope, camera), created on first sight (race-safe);
+    ``now`` as in :func:`get_or_create_site`."""
+    site = get_or_create_site(session, meta, now=now)
     query = select(Instrument).where(
         Instrument.site_id == site.id,
         Instrument.enclosure == meta.enclosure,
@@ -67,6 +76,8 @@ def get_or_create_instrument(session: Session, meta: FrameMetadata) -> Instrumen
                 ny=meta.detector_px[1],
                 n_amplifiers=meta.n_amplifiers,
             )
+            if now is not None:
+                instrument.created_at = now
             session.add(instrument)
     except IntegrityError:
         instrument = session.scalars(query).one()
@@ -81,6 +92,21 @@ def frame_by_path(session: Session, path: str) -> RawFrame | None:
 def frames_with_checksum(session: Session, checksum: str) -> Sequence[RawFrame]:
     """Every frame whose file has this sha256 (copies of one file under several paths)."""
     return session.scalars(select(RawFrame).where(RawFrame.checksum == checksum)).all()
+
+
+def exposure_holder(
+    session: Session, exposure_key: str, *, other_than: int | None = None
+) -> RawFrame | None:
+    """The frame registered for this exposure (not ``rejected``; at most one, by
+    ``uq_raw_frames_exposure``), other than frame ``other_than``; None when there is none."""
+    # the index predicate written out literally: SQLite uses a partial index only then
+    rejected = literal_column(f"'{FrameState.REJECTED.value}'", String)
+    query = select(RawFrame).where(
+        RawFrame.exposure_key == exposure_key, RawFrame.state != rejected
+    )
+    if other_than is not None:
+        query = query.where(RawFrame.id != other_than)
+    return session.scalars(query).first()
 
 
 def list_frames(

@@ -3,11 +3,24 @@
 Keywords may sit in the primary header or in the first image extension (Sinistro MEF frames
 keep them in the primary, fpacked single-image frames in the compressed extension): the first
 header with a non-blank value wins, primary first.
+
+Every value is one the registry can store, or the frame is refused with the keyword and what to
+do: text without control characters (PostgreSQL refuses NUL in text); the values frames and
+masters are matched on (SITEID, ENCID, TELID, INSTRUME, FILTER, CONFMODE: indexed, and an index
+entry is limited) at most :data:`MAX_KEY_CHARS` characters; descriptive text (OBJECT, TELESCOP,
+SITE) of any length, control characters replaced by U+FFFD; numbers finite (a NaN EXPTIME would
+be NULL on SQLite); CCDSUM 1 to :data:`MAX_BINNING` per axis. The scan
+(:mod:`pylcogt.io.scan`) already refuses header bytes that are not printable ASCII.
+
+``exposure`` identifies the exposure a file holds, whatever its name or compression:
+``site/camera/DAY-OBS/FRAMENUM`` (FRAMENUM zero-padded to 4 digits, as in ``ORIGNAME``), the
+frame number taken from ``ORIGNAME`` when FRAMENUM is absent, else ``None``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +35,32 @@ from pylcogt.instruments import FAMILY_DEFAULTS, REDUCED_OBSTYPES, family_from_c
 from pylcogt.io.scan import FitsScan
 from pylcogt.sections import parse_section
 
-__all__ = ["FrameMetadata", "read_frame_metadata", "metadata_from_headers", "merged_lookup"]
+__all__ = [
+    "FrameMetadata",
+    "read_frame_metadata",
+    "metadata_from_headers",
+    "merged_lookup",
+    "MAX_KEY_CHARS",
+    "MAX_BINNING",
+]
+
+#: Longest value (characters) of a keyword frames and masters are matched on: those values sit
+#: in composite indexes (PostgreSQL limits an index entry to 2704 bytes) and name the masters'
+#: files (:func:`pylcogt.paths.safe_component` takes 128 characters).
+MAX_KEY_CHARS = 128
+#: Largest binning factor per axis (``binning`` is stored as ``'2x2'`` in 8 characters).
+MAX_BINNING = 64
+#: Numeric keywords the worker reads (per amplifier on Sinistro): refused at ingest when not
+#: finite, in any header, since the frame cannot be reduced with them.
+_FINITE_IF_PRESENT = ("GAIN", "RDNOISE", "SATURATE")
 
 _BLANK = {"", "N/A", "UNKNOWN", "NONE"}
 _CCDSUM_RE = re.compile(r"^\s*(\d+)\s+(\d+)\s*$")
 _DAYOBS_RE = re.compile(r"^\d{8}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NOT_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+# ORIGNAME as written by the camera: <site><tel>-<camera>-<DAY-OBS>-<frame number>-<type>00.fits
+_ORIGNAME_RE = re.compile(r"-(\d{8})-(\d{4,})-[a-z]\d\d(?:\.|$)")
 
 
 @dataclass(frozen=True)
@@ -53,16 +87,18 @@ class FrameMetadata:
     longitude_deg: float | None
     height_m: float | None
     site_name: str | None
+    exposure: str | None = None
 
 
-def merged_lookup(headers: Sequence[fits.Header], path: Path):
+def merged_lookup(headers: Sequence[fits.Header], path: Path, *, first_index: int = 0):
     """A function ``get(keyword)`` returning the first non-blank value, in ``headers`` order.
 
-    A card whose value astropy cannot parse raises UnprocessableFrameError naming it.
+    A card whose value astropy cannot parse raises UnprocessableFrameError naming it (and its
+    header's index, counted from ``first_index``).
     """
 
     def get(keyword: str):
-        for index, header in enumerate(headers):
+        for index, header in enumerate(headers, start=first_index):
             if keyword in header:
                 try:
                     value = header[keyword]
@@ -106,9 +142,89 @@ def _float(path: Path, get, keyword: str, *, required: bool = True) -> float | N
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise _fail(path, f"{keyword} = {value!r} is not a number", keyword) from None
+    if not math.isfinite(number):
+        raise _fail(path, f"{keyword} = {value!r} is not a finite number; fix the header", keyword)
+    return number
+
+
+def _key_text(path: Path, keyword: str, value) -> str:
+    """A value frames are matched on: no control characters, at most MAX_KEY_CHARS long."""
+    text = str(value)
+    bad = _CONTROL_RE.search(text)
+    if bad is not None:
+        msg = (f"{keyword} contains the control character {bad.group()!r}; fix the header "
+               f"and ingest the file again")  # fmt: skip
+        raise _fail(path, msg, keyword)
+    if len(text) > MAX_KEY_CHARS:
+        msg = (f"{keyword} is {len(text)} characters long ({text[:20]!r}...); frames are matched "
+               f"on it and it may have at most {MAX_KEY_CHARS}: fix the header and ingest the "
+               f"file again")  # fmt: skip
+        raise _fail(path, msg, keyword)
+    return text
+
+
+def _free_text(value) -> str | None:
+    """A descriptive value (OBJECT, TELESCOP, SITE), stored in full; control characters
+    (which a header read by astropy cannot hold, but other callers' headers might) replaced."""
+    return None if value is None else _CONTROL_RE.sub("\ufffd", str(value))
+
+
+def _check_finite(path: Path, headers: Sequence[fits.Header], keyword: str) -> None:
+    """``keyword``, where present (in any header), is not NaN or infinite."""
+    for index, header in enumerate(headers):
+        value = merged_lookup([header], path, first_index=index)(keyword)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            bad = not math.isfinite(value)
+        else:
+            bad = str(value).strip().lower() in _NOT_FINITE
+        if bad:
+            msg = (f"{keyword} = {value!r} is not a finite number; the frame cannot be reduced "
+                   f"with it: fix the header and ingest the file again")  # fmt: skip
+            raise _fail(path, msg, keyword)
+
+
+def _frame_number(path: Path, get, dayobs: dt.date) -> int | None:
+    """FRAMENUM, else the frame number of ORIGNAME (of the same night), else None."""
+    value = get("FRAMENUM")
+    if value is not None:
+        text = str(value).strip()
+        if isinstance(value, float) and value.is_integer():
+            text = str(int(value))
+        if isinstance(value, bool) or not text.isdigit():
+            msg = (f"FRAMENUM = {value!r} is not a frame number (a whole number >= 0); fix the "
+                   f"header or remove the card")  # fmt: skip
+            raise _fail(path, msg, "FRAMENUM")
+        return int(text)
+    origname = get("ORIGNAME")
+    match = _ORIGNAME_RE.search(str(origname)) if origname is not None else None
+    if match is None or match.group(1) != f"{dayobs:%Y%m%d}":
+        return None
+    return int(match.group(2))
+
+
+def _exposure(site: str, camera: str, dayobs: dt.date, frame_number: int | None) -> str | None:
+    """``site/camera/DAY-OBS/FRAMENUM`` (the frame number as in ORIGNAME), or None."""
+    if frame_number is None:
+        return None
+    return f"{site}/{camera}/{dayobs:%Y%m%d}/{frame_number:04d}"
+
+
+def _binning(path: Path, get) -> tuple[int, int]:
+    """CCDSUM ``'x y'`` as (x, y), each 1 to MAX_BINNING."""
+    ccdsum = str(_required(path, get, "CCDSUM"))
+    match = _CCDSUM_RE.match(ccdsum)
+    if match is None:
+        raise _fail(path, f"CCDSUM {ccdsum!r} is not of the form '2 2'", "CCDSUM")
+    xbin, ybin = int(match.group(1)), int(match.group(2))
+    if not (1 <= xbin <= MAX_BINNING and 1 <= ybin <= MAX_BINNING):
+        msg = f"CCDSUM {ccdsum!r} is not a binning (1 to {MAX_BINNING} per axis); fix the header"
+        raise _fail(path, msg, "CCDSUM")
+    return xbin, ybin
 
 
 def _detector_size(path: Path, get, images, family: CameraFamily, xbin: int, ybin: int):
@@ -163,7 +279,7 @@ def metadata_from_headers(
             "OBSTYPE",
         )
 
-    camera = str(_required(path, get, "INSTRUME")).lower()
+    camera = _key_text(path, "INSTRUME", _required(path, get, "INSTRUME")).lower()
     family = family_from_camera(camera)
     if family is None:
         raise _fail(
@@ -202,13 +318,10 @@ def metadata_from_headers(
     filter_value = get("FILTER")
     if filter_value is None and obstype in ("SKYFLAT", "EXPOSE", "STANDARD"):
         raise _fail(path, f"FILTER is missing; a {obstype} frame needs its filter", "FILTER")
-    filter_name = str(filter_value) if filter_value is not None else ""
-
-    ccdsum = str(_required(path, get, "CCDSUM"))
-    match = _CCDSUM_RE.match(ccdsum)
-    if match is None:
-        raise _fail(path, f"CCDSUM {ccdsum!r} is not of the form '2 2'", "CCDSUM")
-    xbin, ybin = int(match.group(1)), int(match.group(2))
+    filter_name = _key_text(path, "FILTER", filter_value) if filter_value is not None else ""
+    xbin, ybin = _binning(path, get)
+    for keyword in _FINITE_IF_PRESENT:
+        _check_finite(path, headers, keyword)
 
     defaults = FAMILY_DEFAULTS[family]
     # MEF Sinistro: one image extension per amplifier; a legacy cube (or a shrunk test file)
@@ -219,15 +332,15 @@ def metadata_from_headers(
         n_amps = 1
     detector_px = _detector_size(path, get, images, family, xbin, ybin)
 
-    readout_mode = str(get("CONFMODE") or "")
-    telescope_name = get("TELESCOP")
-    object_name = get("OBJECT")
+    readout_mode = _key_text(path, "CONFMODE", get("CONFMODE") or "")
+    site = _key_text(path, "SITEID", _required(path, get, "SITEID")).lower()
+    frame_number = _frame_number(path, get, dayobs)
     return FrameMetadata(
         obstype=obstype,
-        site=str(_required(path, get, "SITEID")).lower(),
-        enclosure=str(_required(path, get, "ENCID")).lower(),
-        telescope=str(_required(path, get, "TELID")).lower(),
-        telescope_name=str(telescope_name) if telescope_name is not None else None,
+        site=site,
+        enclosure=_key_text(path, "ENCID", _required(path, get, "ENCID")).lower(),
+        telescope=_key_text(path, "TELID", _required(path, get, "TELID")).lower(),
+        telescope_name=_free_text(get("TELESCOP")),
         camera=camera,
         family=family,
         dateobs=dateobs,
@@ -236,11 +349,12 @@ def metadata_from_headers(
         filter_name=filter_name,
         binning=f"{xbin}x{ybin}",
         readout_mode=readout_mode,
-        object_name=str(object_name)[:128] if object_name is not None else None,
+        object_name=_free_text(get("OBJECT")),
         n_amplifiers=int(n_amps),
         detector_px=(int(detector_px[0]), int(detector_px[1])),
         latitude_deg=_float(path, get, "LATITUDE", required=False),
         longitude_deg=_float(path, get, "LONGITUD", required=False),
         height_m=_float(path, get, "HEIGHT", required=False),
-        site_name=str(get("SITE"))[:128] if get("SITE") is not None else None,
+        site_name=_free_text(get("SITE")),
+        exposure=_exposure(site, camera, dayobs, frame_number),
     )

@@ -47,11 +47,15 @@ invertible.
 into arrays this function owns; there is no float64 copy of a frame. Pixels at or above the
 saturation level (raw ADU, bias included) get :attr:`PixelFlag.SATURATED` in each amplifier's
 ``bpm``.
+
+:func:`pixel_digest` tells whether two files hold the same pixels (ingest asks it only when two
+files claim the same exposure).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import math
 import os
@@ -71,7 +75,7 @@ from pylcogt.io.raw_header import merged_lookup
 from pylcogt.io.scan import scan_fits
 from pylcogt.sections import Section, check_within, mosaic_layout, parse_section
 
-__all__ = ["read_raw", "frame_name"]
+__all__ = ["read_raw", "frame_name", "pixel_digest"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CCDSUM_RE = re.compile(r"^\s*(\d+)\s+(\d+)\s*$")
@@ -216,6 +220,49 @@ def read_raw(path: str | os.PathLike, *, crosstalk=None) -> RawImage:
         crosstalk=matrix,
         extra=extra,
     )
+
+
+_DIGEST_ROWS = 256  # rows converted at a time: bounded memory for large frames
+
+
+def pixel_digest(path: str | os.PathLike) -> str:
+    """Hex sha256 of a raw file's decoded pixels, independent of how the file stores them.
+
+    For each image HDU in file order: its shape, then its values with BZERO/BSCALE applied, as
+    little-endian int64 (integers with integer scaling) or float64. One exposure written plain,
+    gzipped or tile-compressed without loss has one digest; an edited header does not change
+    it. Raises :class:`~pylcogt.errors.UnprocessableFrameError` for an unreadable file.
+    """
+    path = Path(path)
+    reader = _Reader(path)
+    hdul, _ = _open(path, reader)
+    digest = hashlib.sha256()
+    with hdul:
+        for hdu in hdul:
+            if not _is_image(hdu):
+                continue
+            try:
+                stored = np.asarray(hdu.data)
+            except (ValueError, TypeError) as exc:  # undecodable tiles or data
+                msg = f"pixel data cannot be decoded ({exc}); re-copy the file"
+                raise reader.fail(msg) from None
+            digest.update(repr(stored.shape).encode())
+            _digest_values(digest, stored, hdu.header)
+    return digest.hexdigest()
+
+
+def _digest_values(digest, stored: np.ndarray, header: fits.Header) -> None:
+    bscale = float(header.get("BSCALE", 1.0))
+    bzero = float(header.get("BZERO", 0.0))
+    integral = stored.dtype.kind in "iu" and bscale == 1.0 and bzero.is_integer()
+    rows = stored.reshape(-1, stored.shape[-1]) if stored.ndim > 1 else stored.reshape(1, -1)
+    for start in range(0, rows.shape[0], _DIGEST_ROWS):
+        block = rows[start : start + _DIGEST_ROWS]
+        if integral:
+            values = block.astype("<i8") + int(bzero)
+        else:
+            values = block.astype("<f8") * bscale + bzero
+        digest.update(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes())
 
 
 # --------------------------------------------------------------------------------------------

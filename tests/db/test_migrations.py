@@ -188,3 +188,33 @@ def test_revision_0007_keeps_a_populated_registrys_masters_and_links(db_url: str
     assert len(links) == 3 + 2 + 2 * 2
     migrate.upgrade(db_url)
     assert migrate.schema_differences(db_url) == []
+
+
+# --- revision 0008: header values as text ---------------------------------------------------
+def test_revision_0008_keeps_values_and_downgrade_refuses_what_would_not_fit(
+    db_url: str,
+) -> None:
+    """Upgrading keeps every stored value; a value longer than the old column (a 40-character
+    FILTER, as stored since 0008) makes the downgrade refuse, naming the column, instead of
+    truncating it; without it the downgrade goes through and the upgrade again."""
+    import pytest
+
+    ids = _populate_0006(db_url)
+    migrate.upgrade(db_url, "0007")
+    migrate.upgrade(db_url)
+    assert migrate.schema_differences(db_url) == []
+    with get_engine(db_url).begin() as conn:
+        rows = conn.execute(sa.text("SELECT filter_name, readout_mode, exposure_key FROM "
+                                    "raw_frames WHERE id = :id"), {"id": ids["science"]}).all()
+        assert [tuple(r) for r in rows] == [("rp", "full_frame", None)]
+        assert conn.execute(sa.text("SELECT min_inputs FROM instruments")).scalar_one() is None
+        conn.execute(sa.text("UPDATE raw_frames SET filter_name = :f WHERE id = :id"),
+                     {"f": "x" * 40, "id": ids["science"]})  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"raw_frames\.filter_name: 1 values longer than 32"):
+        migrate.downgrade(db_url, "0007")
+    assert migrate.current_revision(db_url) == "0008"
+    with get_engine(db_url).begin() as conn:
+        conn.execute(sa.text("UPDATE raw_frames SET filter_name = 'rp'"))
+    migrate.downgrade(db_url, "0007")
+    migrate.upgrade(db_url)
+    assert migrate.schema_differences(db_url) == []

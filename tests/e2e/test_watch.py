@@ -125,3 +125,33 @@ def test_watch_needs_a_directory(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "directory" in proc.stderr
     proc = run("ingest", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "--watch" in proc.stderr
+
+
+def test_the_watcher_goes_on_past_bad_files_and_second_copies(tmp_path: Path) -> None:
+    """A hostile header value and a second copy of an exposure are rejected, each with its
+    one-line reason, and the watcher keeps registering the files that follow."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watch = Watch(inbox, tmp_path)
+
+    def deliver(name: str, **kwargs) -> dict:
+        staged = write_frame(tmp_path / "staging" / name, **kwargs)
+        os.replace(staged, inbox / name)
+        return watch.wait_for(name)
+
+    exposure = {"FRAMENUM": 7, "DATE_OBS": "2026-11-28T21:07:00"}
+    try:
+        assert deliver("x-b00.fits", **exposure)["status"] == "new"
+        long_filter = deliver("long-e00.fits", OBSTYPE="EXPOSE", EXPTIME=5.0, FILTER="f" * 5000)
+        copy = deliver("x-b00.fits.fz", compress="fz", **exposure)
+        after = deliver("after-b00.fits", FRAMENUM=8, DATE_OBS="2026-11-28T21:08:00")
+    finally:
+        watch.proc.send_signal(signal.SIGTERM)
+        _, stderr = watch.proc.communicate(timeout=15)
+    assert watch.proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert long_filter["status"] == "rejected" and "FILTER is 5000 characters" in long_filter[
+        "reason"]  # fmt: skip
+    assert copy["status"] == "rejected" and copy["duplicate_of"] is not None
+    assert "duplicate of exposure lsc/kb78/20261128/0007" in copy["reason"]
+    assert after["status"] == "new"

@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from pylcogt.db.models import CameraFamily
 from pylcogt.errors import UnprocessableFrameError
-from pylcogt.io.raw_header import metadata_from_headers, read_frame_metadata
+from pylcogt.io.raw_header import MAX_KEY_CHARS, metadata_from_headers, read_frame_metadata
 from pylcogt.io.scan import scan_fits
 
 
@@ -172,3 +172,88 @@ def test_real_sinistro_frame(real_data: Path) -> None:
     assert meta.dayobs == dt.date(2021, 10, 7)
     assert meta.exptime_s == pytest.approx(94.975)
     assert meta.latitude_deg == pytest.approx(30.679833)
+
+
+# --- values the registry can store, and the exposure a file holds (issue 14) ---------------
+_CARDS = {"OBSTYPE": "EXPOSE", "SITEID": "lsc", "ENCID": "doma", "TELID": "1m0a",
+          "INSTRUME": "kb78", "DATE-OBS": "2026-11-28T21:00:01", "DAY-OBS": "20261128",
+          "EXPTIME": 30.0, "FILTER": "rp", "CCDSUM": "2 2", "DATASEC": "[1:64,1:64]"}  # fmt: skip
+
+
+def _meta(**cards):
+    """Metadata of a header given as a mapping: values no astropy header can hold (control
+    characters) reach the checks the way another caller's header could bring them."""
+    header = {**_CARDS, **{k.replace("_", "-"): v for k, v in cards.items()}}
+    header = {k: v for k, v in header.items() if v is not None}
+    return metadata_from_headers(Path("x-e00.fits"), [header], [(64, 64)])
+
+
+def test_long_free_text_is_kept_and_long_keys_are_refused() -> None:
+    meta = _meta(OBJECT="o" * 5000, TELESCOP="t" * 300, FILTER="f" * MAX_KEY_CHARS)
+    assert (len(meta.object_name), len(meta.telescope_name)) == (5000, 300)
+    assert meta.filter_name == "f" * MAX_KEY_CHARS
+    with pytest.raises(UnprocessableFrameError, match=r"FILTER is 129 characters long") as exc:
+        _meta(FILTER="f" * (MAX_KEY_CHARS + 1))
+    assert exc.value.keyword == "FILTER"
+
+
+@pytest.mark.parametrize("keyword", ["FILTER", "INSTRUME", "SITEID", "CONFMODE"])
+def test_control_characters_in_a_key_are_refused(keyword: str) -> None:
+    with pytest.raises(UnprocessableFrameError, match=rf"{keyword} contains the control "
+                                                      r"character '\\x00'") as exc:  # fmt: skip
+        _meta(**{keyword: "kb7\x008"})
+    assert exc.value.keyword == keyword
+
+
+def test_control_characters_in_free_text_are_replaced() -> None:
+    meta = _meta(OBJECT="M31\x00\x07 core", SITE="Cerro\x1bTololo")
+    assert meta.object_name == "M31\ufffd\ufffd core" and meta.site_name == "Cerro\ufffdTololo"
+
+
+@pytest.mark.parametrize(
+    ("cards", "keyword"),
+    [({"EXPTIME": float("nan")}, "EXPTIME"), ({"EXPTIME": "inf"}, "EXPTIME"),
+     ({"LONGITUD": float("-inf")}, "LONGITUD"), ({"HEIGHT": "NaN"}, "HEIGHT"),
+     ({"GAIN": float("nan")}, "GAIN"), ({"RDNOISE": "-Infinity"}, "RDNOISE"),
+     ({"SATURATE": float("inf")}, "SATURATE")],
+)  # fmt: skip
+def test_numbers_that_are_not_finite_are_refused(cards: dict, keyword: str) -> None:
+    with pytest.raises(UnprocessableFrameError, match=f"{keyword} = .* is not a finite number"):
+        _meta(**cards)
+
+
+def test_gain_lists_and_numbers_pass() -> None:
+    assert _meta(GAIN="[2.01, 1.99, 2.05, 2.02]", RDNOISE=7.5, SATURATE=0).exptime_s == 30.0
+
+
+@pytest.mark.parametrize("ccdsum", ["0 0", "65 1", "99999 99999"])
+def test_binning_out_of_range_is_refused(ccdsum: str) -> None:
+    with pytest.raises(UnprocessableFrameError, match="is not a binning"):
+        _meta(CCDSUM=ccdsum)
+
+
+@pytest.mark.parametrize(
+    ("cards", "exposure"),
+    [({"FRAMENUM": 42}, "lsc/kb78/20261128/0042"),
+     ({"FRAMENUM": 42.0}, "lsc/kb78/20261128/0042"),
+     ({"FRAMENUM": "0395"}, "lsc/kb78/20261128/0395"),
+     ({"FRAMENUM": 12345}, "lsc/kb78/20261128/12345"),
+     ({"ORIGNAME": "lsc1m005-kb78-20261128-0179-e00.fits"}, "lsc/kb78/20261128/0179"),
+     ({"ORIGNAME": "lsc1m005-kb78-20261127-0179-e00.fits"}, None),  # another night's name
+     ({"ORIGNAME": "whatever.fits"}, None),
+     ({}, None)],
+)  # fmt: skip
+def test_exposure_from_framenum_or_origname(cards: dict, exposure: str | None) -> None:
+    assert _meta(**cards).exposure == exposure
+
+
+@pytest.mark.parametrize("value", ["abc", -1, 1.5, True])
+def test_a_malformed_framenum_is_refused(value) -> None:
+    with pytest.raises(UnprocessableFrameError, match="FRAMENUM = .* is not a frame number"):
+        _meta(FRAMENUM=value)
+
+
+def test_real_headers_name_their_exposure(real_data: Path) -> None:
+    name = "coj0m403-kb98-20170816-0395-e91.fits.fz.header.txt"
+    headers, shapes = _headers_from_text(real_data / "headers" / name)
+    assert metadata_from_headers(Path(name), headers, shapes).exposure == "coj/kb98/20170816/0395"

@@ -376,3 +376,37 @@ def test_not_a_fits_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.fits"
     path.write_bytes(b"")
     _raises(path, None, "empty")
+
+
+# --- pixel_digest: one exposure, whatever the file stores ----------------------------------
+def test_pixel_digest_is_the_exposures_not_the_files(tmp_path: Path) -> None:
+    from pylcogt.io.raw_read import pixel_digest
+
+    from ..fitsmaker import write_frame
+
+    plain = write_frame(tmp_path / "x.fits", value=1234)
+    same = [
+        write_frame(tmp_path / "x.fits.fz", compress="fz", value=1234),
+        write_frame(tmp_path / "y.fits.gz", compress="gz", value=1234),
+        write_frame(tmp_path / "z.fits", value=1234, OBJECT="edited header"),
+    ]
+    digest = pixel_digest(plain)
+    assert [pixel_digest(p) for p in same] == [digest] * 3
+    assert pixel_digest(write_frame(tmp_path / "w.fits", value=1235)) != digest
+    mef = write_frame(tmp_path / "m.fits", mef=True, value=1234)  # four amplifiers
+    assert pixel_digest(mef) != digest
+    assert pixel_digest(write_frame(tmp_path / "m2.fits", mef=True, value=1234, OBJECT="b")) == (
+        pixel_digest(mef)
+    )
+    with pytest.raises(UnprocessableFrameError, match="does not exist"):
+        pixel_digest(tmp_path / "gone.fits")
+
+
+def test_pixel_digest_applies_the_scaling(tmp_path: Path) -> None:
+    """The same values stored as uint16 (int16 + BZERO) and as int32 are the same pixels."""
+    from pylcogt.io.raw_read import pixel_digest
+
+    values = np.arange(40000, 40000 + 64 * 64, dtype=np.uint32).reshape(64, 64) % 65536
+    fits.PrimaryHDU(values.astype(np.uint16)).writeto(tmp_path / "u16.fits")
+    fits.PrimaryHDU(values.astype(np.int32)).writeto(tmp_path / "i32.fits")
+    assert pixel_digest(tmp_path / "u16.fits") == pixel_digest(tmp_path / "i32.fits")
