@@ -16,7 +16,9 @@ matched to a reference catalogue (:mod:`pylcogt.photometry`), and ``MAG``/``MAGE
 no overlap or too few stars is a QC status (``L1PHSTAT``), not a failure.
 
 A field that cannot be solved is not a failed frame: the product is written without a WCS and
-``ASTSTAT = 'failed'`` with ``ASTREASN`` saying why. A missing astrometry.net installation is a
+``ASTSTAT = 'failed'`` with ``ASTREASN`` saying why; so is a field on which ``solve-field``
+crashes, exits with an error or times out (the reason names its exit status and the last line of
+its error output). A missing astrometry.net installation is a
 :class:`~pylcogt.errors.ConfigurationError` (the operator installs it or sets ``--index-dir
 none``). The reduction worker and ``pylcogt solve`` both call this.
 """

@@ -21,7 +21,7 @@ import numpy as np
 from pylcogt.astrometry.config import INSTALL_HINT, AstrometryConfig
 from pylcogt.astrometry.match import pairs_within
 from pylcogt.astrometry.sip import tan_project
-from pylcogt.errors import ConfigurationError
+from pylcogt.errors import ConfigurationError, ExternalToolError
 from pylcogt.io.astrometry_files import IndexHeader, read_index_header, read_star_table
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "RefStars",
     "find_index_files",
     "find_executable",
+    "tool_failure",
     "healpix_radec",
     "healpix_overlaps",
     "reference_stars",
@@ -76,6 +77,21 @@ def find_executable(name: str) -> str:
         )
         raise ConfigurationError(msg)
     return found
+
+
+def tool_failure(program: str, returncode: int, stderr: str) -> str:
+    """One line saying how ``program`` failed: its exit status (or the signal that killed it)
+    and the last line of its error output, e.g. ``solve-field exited with status 1: ...``."""
+    name = Path(program).name
+    if returncode < 0:
+        text = f"{name} was killed by signal {-returncode}"
+    else:
+        text = f"{name} exited with status {returncode}"
+    lines = [" ".join(line.split()) for line in stderr.splitlines() if line.strip()]
+    if lines:
+        last = lines[-1]
+        text += f": {last[:200] + '...' if len(last) > 200 else last}"
+    return text
 
 
 def find_index_files(index_dir: Path) -> list[IndexFile]:
@@ -160,6 +176,8 @@ def reference_stars(
     deduplicated within :data:`DEDUPE_ARCSEC` (the first file's copy, in name order, is kept).
 
     ``workdir`` receives ``query-starkd``'s tables (a temporary directory when None).
+    ExternalToolError when ``query-starkd`` fails or hangs on a query (this field's problem);
+    ConfigurationError when it or the index files are missing.
     """
     if index_files is None:
         index_files = find_index_files(config.index_dir)
@@ -185,12 +203,14 @@ def _query_all(
                 cmd, capture_output=True, timeout=QUERY_TIMEOUT_S, stdin=subprocess.DEVNULL
             )
         except subprocess.TimeoutExpired:
-            msg = f"{program} took over {QUERY_TIMEOUT_S:g} s on {index.path}"
+            msg = f"{Path(program).name} took over {QUERY_TIMEOUT_S:g} s on {index.path.name}"
+            raise ExternalToolError(msg) from None
+        except OSError as exc:  # found on PATH but cannot be run (permissions, interpreter)
+            msg = f"cannot run {program}: {exc}: {INSTALL_HINT}"
             raise ConfigurationError(msg) from None
         if done.returncode != 0:
-            tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
-            msg = f"{program} failed on {index.path} (exit {done.returncode}): {' / '.join(tail)}"
-            raise ConfigurationError(msg)
+            reason = tool_failure(program, done.returncode, done.stderr.decode(errors="replace"))
+            raise ExternalToolError(f"{reason} (on {index.path.name})")
         if not out.exists():  # no star in the circle: query-starkd writes no file
             continue
         r, d, m = read_star_table(out)

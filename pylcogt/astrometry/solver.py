@@ -6,7 +6,10 @@ files, matched to every source given.
 file naming the index directory all live there; removed on every exit path) in its own process
 group under a wall-clock bound: on timeout the whole group (``solve-field`` and the
 ``astrometry-engine`` it spawns, whose ``--cpulimit`` does not bound wall time) is killed and
-the field counts as unsolved.
+the field counts as unsolved. ``solve-field`` (or ``query-starkd``) crashing or exiting with an
+error on a frame is that frame's outcome too: unsolved, with a one-line reason naming the exit
+status and the last line of the tool's error output. Only a missing or unrunnable installation
+(no executable, no index files) raises :class:`~pylcogt.errors.ConfigurationError`.
 
 Header cards written by :func:`wcs_cards` (besides the WCS itself, with a CD matrix):
 
@@ -40,13 +43,14 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from pylcogt.astrometry.config import AstrometryConfig
+from pylcogt.astrometry.config import INSTALL_HINT, AstrometryConfig
 from pylcogt.astrometry.match import nearest_one_to_one
 from pylcogt.astrometry.refstars import (
     IndexFile,
     find_executable,
     find_index_files,
     reference_stars,
+    tool_failure,
 )
 from pylcogt.astrometry.sip import (
     FitError,
@@ -55,7 +59,7 @@ from pylcogt.astrometry.sip import (
     sky_separation_arcsec,
     world_to_pixel,
 )
-from pylcogt.errors import ConfigurationError
+from pylcogt.errors import ConfigurationError, ExternalToolError
 from pylcogt.io.astrometry_files import read_wcs_header, write_xylist
 
 __all__ = [
@@ -209,8 +213,9 @@ def solve(
     stars for the TAN-SIP fit. ``ra_deg, dec_deg``: the pointing (header RA/DEC), degrees;
     ``pixscale_arcsec``: the nominal pixel scale of this (possibly binned) frame.
 
-    Returns a failed result when the field cannot be solved within ``config.timeout_s``;
-    raises ConfigurationError when astrometry.net or its index files are missing or broken.
+    Returns a failed result when the field cannot be solved within ``config.timeout_s`` or
+    astrometry.net crashes or exits with an error on it; raises ConfigurationError when
+    astrometry.net or its index files are missing (or the program cannot be run at all).
     """
     config = config or AstrometryConfig()
     start = time.monotonic()
@@ -264,7 +269,8 @@ def solve(
         problem = _run_bounded(cmd, workdir, log_path, config.timeout_s)
         if problem:
             return _failed(problem, x.size, start)
-        log = log_path.read_text(errors="replace")
+        log = "".join(path.read_text(errors="replace")
+                      for path in (log_path, _stderr_path(log_path)))  # fmt: skip
         wcs_path = workdir / f"{_BASE}.wcs"
         if not wcs_path.exists():
             return _failed("astrometry.net found no solution", x.size, start)
@@ -277,19 +283,29 @@ def solve(
     return dataclasses.replace(result, match_index=given_index[result.match_index])
 
 
+def _stderr_path(log_path: Path) -> Path:
+    return log_path.with_suffix(".err")
+
+
 def _run_bounded(cmd: list[str], workdir: Path, log_path: Path, timeout_s: float) -> str:
-    """Run ``cmd`` in its own process group, output to ``log_path``. Returns '' when it ran to
-    the end, else why not (the group is killed on timeout). ConfigurationError when it exits
-    with an error code (a broken installation: unreadable index, bad option)."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    """Run ``cmd`` in its own process group, output to ``log_path`` (error output next to it,
+    ``.err``). Returns '' when it ran to the end, else why not, on one line: the timeout (the
+    group is killed), or its exit status or signal and the last line of its error output: a
+    crash or error exit is this field's outcome, not a broken installation. ConfigurationError
+    only when the program cannot be started at all."""
+    with open(log_path, "wb") as log, open(_stderr_path(log_path), "wb") as err:
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:  # on PATH but not runnable (permissions, a missing interpreter)
+            msg = f"cannot run {cmd[0]}: {exc}: {INSTALL_HINT}"
+            raise ConfigurationError(msg) from None
         try:
             returncode = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -298,12 +314,8 @@ def _run_bounded(cmd: list[str], workdir: Path, log_path: Path, timeout_s: float
         except BaseException:
             _kill_group(proc)
             raise
-    if returncode > 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        msg = f"{cmd[0]} failed (exit {returncode}): {' / '.join(tail)}"
-        raise ConfigurationError(msg)
-    if returncode < 0:  # killed by a signal (e.g. a crash on this input): the frame is unsolved
-        return f"{Path(cmd[0]).name} was killed by signal {-returncode}"
+    if returncode != 0:
+        return tool_failure(cmd[0], returncode, _stderr_path(log_path).read_text(errors="replace"))
     return ""
 
 
@@ -379,9 +391,12 @@ def _refit(
     pixscale = float(np.sqrt(abs(np.linalg.det(wcs0.pixel_scale_matrix))))
     # the field's half-diagonal with 10% to spare, plus the matching radius
     radius = 0.55 * math.hypot(width, height) * pixscale + config.match_radius_arcsec / 3600
-    refs = reference_stars(
-        centre_ra, centre_dec, radius, config=config, index_files=index_files, workdir=workdir
-    )
+    try:
+        refs = reference_stars(
+            centre_ra, centre_dec, radius, config=config, index_files=index_files, workdir=workdir
+        )
+    except ExternalToolError as exc:  # query-starkd failed on this field: unsolved, not fatal
+        return _failed(f"no reference stars: {exc}", x.size, start)
     common = dict(index_name=index_name, n_sources=int(x.size), n_reference=len(refs))
     try:
         fit = refine_wcs(

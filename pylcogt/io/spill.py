@@ -3,7 +3,9 @@
 A master built from 64 full-size frames would hold 8 GiB of float32 planes in memory; instead
 each prepared frame is written once as native-endian ``.npy`` planes and memory-mapped by the
 stacker (page cache, not heap). The folder lives under the data directory (same file system as
-the products) and is removed when the :class:`SpillDir` closes.
+the products) and is removed when the :class:`SpillDir` closes. Its name records the owning
+process (:mod:`pylcogt.io.scratch`): one left by a killed process is removed by the next
+worker's :func:`~pylcogt.io.scratch.sweep_stale`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from astropy.io import fits
 
 from pylcogt.frame import Frame
 from pylcogt.io.bands import ArrayBandSource
+from pylcogt.io.scratch import spill_prefix
 
 __all__ = ["SpillDir"]
 
@@ -26,7 +29,7 @@ class SpillDir:
 
     def __init__(self, parent: Path) -> None:
         Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=".pylcogt-spill-", dir=parent))
+        self.path = Path(tempfile.mkdtemp(prefix=spill_prefix(), dir=parent))
         self._meta: dict[str, tuple[fits.Header, str, str, bool]] = {}
 
     def __enter__(self) -> SpillDir:

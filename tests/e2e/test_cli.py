@@ -7,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
 
+from pylcogt.frame import PixelFlag
+
+from ..astrometry_stub import STDERR_LAST_LINE, stub_astrometry
 from ..envs import clean_env
 from ..fitsmaker import write_frame
 
@@ -216,3 +221,95 @@ def test_demo_runs_on_embedded_default_and_is_idempotent(tmp_path: Path) -> None
     second = json.loads(run(*args, cwd=tmp_path).stdout)
     assert second["ingest"]["unchanged"] == n_frames and second["ingest"]["new"] == 0
     assert second["worker"]["processed"] == 0 and second["worker"]["masters_built"] == 0
+
+
+# --- bad input: exit 1 with the reason on one line, never a traceback ---------------------
+def _lines(proc: subprocess.CompletedProcess, marker: str) -> list[str]:
+    """The lines of stdout + stderr that hold ``marker``, after checking that neither holds a
+    traceback."""
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text
+    return [line for line in text.splitlines() if marker in line]
+
+
+def _sci_image(path: Path, *, shape: tuple[int, ...] = (128, 128)) -> Path:
+    """A calibrated image in an extension named SCI, with no BPM (nor ERR) extension."""
+    rng = np.random.default_rng(5)
+    data = rng.normal(100.0, 5.0, shape).astype(np.float32)
+    if len(shape) == 2:
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        for x0, y0 in rng.uniform(15, shape[0] - 15, (12, 2)):
+            data += 3000.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5**2))
+        data[3, 4] = np.nan  # not finite: flagged BAD, as in any foreign image
+    header = fits.Header([("RA", 150.0), ("DEC", 20.0), ("PIXSCALE", 6.0), ("EXPTIME", 10.0),
+                          ("BUNIT", "electron"), ("RDNOISE", 5.0)])  # fmt: skip
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, header=header, name="SCI")]).writeto(path)
+    return path
+
+
+def test_solve_reads_a_sci_image_without_bpm_as_all_good(tmp_path: Path) -> None:
+    image = _sci_image(tmp_path / "image.fits")
+    env = stub_astrometry(tmp_path / "stub")  # a solve-field that exits 1: the field fails
+    proc = run("solve", str(image), "--json", cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 1, proc.stderr  # not solved: a failed check, not a crash
+    assert not _lines(proc, "not read:")
+    (entry,) = json.loads(proc.stdout)
+    assert entry["status"] == "failed" and entry["n_sources"] >= 10
+    assert entry["reason"] == f"solve-field exited with status 1: {STDERR_LAST_LINE}"
+    bpm = fits.getdata(entry["output"], "BPM")
+    bad = (bpm & PixelFlag.BAD) != 0  # the NaN pixel only (cosmic-ray flags may be set too)
+    assert bpm.shape == (128, 128) and bad.sum() == 1 and bad[3, 4]
+
+
+def test_solve_on_unusable_files_exits_1_with_one_line_each(tmp_path: Path) -> None:
+    good = _sci_image(tmp_path / "image.fits")
+    truncated = tmp_path / "truncated.fits"
+    truncated.write_bytes(good.read_bytes()[:9000])
+    garbled = tmp_path / "garbled.fits"  # a header card that cannot be parsed
+    raw = bytearray(good.read_bytes())
+    at = raw.index(b"NAXIS1", 2880)
+    raw[at : at + 80] = b"NAXIS1  = garbage".ljust(80)
+    garbled.write_bytes(bytes(raw))
+    cube = _sci_image(tmp_path / "cube.fits", shape=(3, 16, 16))
+    env = stub_astrometry(tmp_path / "stub")
+    files = (truncated, garbled, cube)
+    proc = run("solve", *map(str, files), cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 1
+    lines = _lines(proc, "not read:")
+    expected = [f"[{n}/3] {path.name}" for n, path in enumerate(files, start=1)]
+    assert [line.split(":")[0] for line in lines] == expected
+    assert "truncated" in lines[0] and "NAXIS1" in lines[1] and "2-D image" in lines[2]
+
+
+def test_reduce_and_stack_on_corrupt_files_exit_1_with_one_line(night, tmp_path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for src in night.glob("*.fits"):
+        (raw / src.name).write_bytes(src.read_bytes())
+    run("ingest", str(raw), "-q", cwd=tmp_path)
+    # every bias file truncated after it was registered: no bias master can be built
+    biases = sorted(raw.glob("*-b00.fits"))
+    for path in biases:
+        path.write_bytes(path.read_bytes()[:20000])
+    proc = run("stack", "--type", "bias", "--instrument", "fa15", "--night", "20261128",
+               cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert len(_lines(proc, "not built:")) == 1
+    # a science file truncated before it is registered: rejected, with the reason
+    science = sorted(raw.glob("*-e00.fits"))[0]
+    truncated = tmp_path / "cut-e00.fits"
+    truncated.write_bytes(science.read_bytes()[:30000])
+    proc = run("reduce", str(truncated), cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert _lines(proc, "truncated")  # the log says so too; the output has it on one line:
+    (line,) = [ln for ln in proc.stdout.splitlines() if "truncated" in ln]
+    assert line.strip().startswith("cut-e00.fits is truncated") and line.endswith("archive")
+    # a header card that cannot be parsed
+    garbled = tmp_path / "garbled-e00.fits"
+    data = bytearray(science.read_bytes())
+    at = data.index(b"NAXIS1", 2880)
+    data[at : at + 80] = b"NAXIS1  = garbage".ljust(80)
+    garbled.write_bytes(bytes(data))
+    proc = run("reduce", str(garbled), cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert len(_lines(proc, "NAXIS1")) == 1

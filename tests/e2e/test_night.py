@@ -226,4 +226,10 @@ def test_external_bad_pixel_mask_is_registered(night) -> None:
     (work / "junk.fits").write_text("not fits")
     bad = run("calibrations", "add", str(work / "junk.fits"), "--type", "BPM", "--instrument",
               night["instrument"], "--night", "20261128", cwd=work, check=False)  # fmt: skip
-    assert bad.returncode == 2 and "cannot use" in bad.stderr
+    assert bad.returncode == 1 and "junk.fits is not a FITS file" in bad.stderr  # bad input
+    # a truncated mask is refused too (it was registered, padded with zeros, before)
+    (work / "cut.fits").write_bytes((work / "mask.fits").read_bytes()[:5000])
+    cut = run("calibrations", "add", str(work / "cut.fits"), "--type", "BPM", "--instrument",
+              night["instrument"], "--night", "20261128", cwd=work, check=False)  # fmt: skip
+    assert cut.returncode == 1 and "cut.fits is truncated" in cut.stderr
+    assert "Traceback" not in bad.stderr + cut.stderr

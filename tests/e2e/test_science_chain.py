@@ -4,6 +4,7 @@ through a distorted optical system, reduced by the worker, then re-solved with `
 Checked against the simulator's truth: detection completeness and fluxes, the WCS within
 0.5 arcsec rms over the whole field (corners included) with the SIP fit and measurably worse
 without it, RA/DEC in the catalogue; a field that cannot be solved fails cleanly and quickly;
+a ``solve-field`` that exits with an error fails the frame's astrometry only, not the worker;
 ``pylcogt solve`` never writes in place and reads foreign FITS images.
 """
 
@@ -20,10 +21,11 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from pylcogt.frame import PixelFlag
-from pylcogt.io.products import read_catalog
+from pylcogt.io.products import read_catalog, read_science_summary
 from pylcogt.simulate import simulate_night
 from pylcogt.simulate.truth import truth_entry, truth_wcs
 
+from ..astrometry_stub import STDERR_LAST_LINE, stub_astrometry
 from .test_cli import run
 
 FAST = ["--quiet-time", "0", "--poll", "0.1"]
@@ -259,3 +261,32 @@ def test_a_field_too_small_for_the_index_files_says_what_to_install(tmp_path: Pa
     assert "5200" in header["ASTREASN"] or "index" in header["ASTREASN"]
     assert len(read_catalog(product)) == header["NSOURCES"] > 0
     assert np.isnan(np.asarray(read_catalog(product)["RA"])).all()
+
+
+def test_a_solve_field_that_exits_1_fails_only_the_astrometry(tmp_path: Path) -> None:
+    """A stub ``solve-field`` first on PATH exits 1 on every field: each science frame is still
+    reduced (done), its product says why the astrometry failed, and the worker goes on to the
+    next frame instead of stopping (a supervisor would restart it onto the same frame)."""
+    simulate_night(tmp_path / "raw", camera="sbig", size=256, n_bias=3, n_dark=2, n_flat=2,
+                   n_science=3, filters=("rp",))  # fmt: skip
+    env = stub_astrometry(tmp_path / "stub")
+    config = ["--database-url", f"sqlite:///{tmp_path / 'r.db'}", "--data-dir",
+              str(tmp_path / "data")]  # fmt: skip
+    run("ingest", str(tmp_path / "raw"), "-q", *config, cwd=tmp_path)
+    out = run("worker", "--until-idle", "--json", *FAST, *config, cwd=tmp_path, env=env)
+    summary = json.loads(out.stdout)
+    assert summary["reduced"] == 3 and summary["failed"] == 0, out.stderr[-3000:]
+    assert set(summary["registry"]) == {"done"}
+    calls = (tmp_path / "stub" / "solve-field.calls").read_text().splitlines()
+    assert len(calls) == 3, "solve-field ran once per science frame"
+    reason = f"solve-field exited with status 1: {STDERR_LAST_LINE}"
+    products = sorted((tmp_path / "data").rglob("*e91.fits.fz"))
+    assert len(products) == 3
+    for product in products:
+        science = read_science_summary(product)
+        assert science["wcs"] == "failed" and science["wcs_reason"] == reason
+        assert science["n_sources"] > 0 and "CTYPE1" not in fits.getheader(product, "SCI")
+    frames = json.loads(run("frames", "list", "--obstype", "EXPOSE", "--json", *config,
+                            cwd=tmp_path).stdout)  # fmt: skip
+    assert [(f["state"], f["error"]) for f in frames] == [("done", None)] * 3
+    assert "Traceback" not in out.stderr and "ConfigurationError" not in out.stderr

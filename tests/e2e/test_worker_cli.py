@@ -4,6 +4,7 @@
   processed exactly once, every master built once;
 - a worker SIGKILLed mid-frame: the frame is taken over once its lease expires, nothing doubled;
 - SIGTERM: the frame in progress is released and the worker exits cleanly;
+- a worker SIGKILLed mid-build: the next worker removes its spill folder and temporary file;
 - the worker's PostgreSQL connections terminated again and again: it carries on.
 
 A "slow" worker is the real CLI with :func:`pylcogt.reduce.reduce_frame` wrapped in a sleep
@@ -41,6 +42,33 @@ reduce_module.reduce_frame = slow
 from pylcogt.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+#: The real CLI, stopped for good (until SIGKILLed) at a chosen point of a master build:
+#: BLOCK_AT=spill after the first frame is spilled (its spill folder on disk), BLOCK_AT=write
+#: once a master's temporary file is written, before it is renamed.
+BLOCKING_DRIVER = """\
+import os, sys, time
+from pathlib import Path
+def block(what):
+    Path(os.environ["BLOCK_MARK"]).write_text(what)
+    time.sleep(600)
+if os.environ["BLOCK_AT"] == "spill":
+    import pylcogt.io.spill as spill
+    real_save = spill.SpillDir.save
+    def save(self, key, frame):
+        real_save(self, key, frame)
+        block(str(self.path))
+    spill.SpillDir.save = save
+else:
+    real_fsync = os.fsync
+    def fsync(fd):
+        real_fsync(fd)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.endswith(".tmp"):
+            block(name)
+    os.fsync = fsync
+from pylcogt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 FAST = ["--quiet-time", "0", "--poll", "0.1"]
 
 
@@ -58,12 +86,16 @@ def _config(url: str, tmp_path: Path) -> list[str]:
     return ["--database-url", url, "--data-dir", str(tmp_path / "data")]
 
 
-def _start(args: list[str], tmp_path: Path, *, slow_s: float | None = None) -> subprocess.Popen:
+def _start(args: list[str], tmp_path: Path, *, slow_s: float | None = None,
+           block_at: str | None = None) -> subprocess.Popen:  # fmt: skip
     command = [*PYLCOGT, *args]
     env = _env()
     if slow_s is not None:
         command = [sys.executable, "-c", SLOW_DRIVER, *args]
         env["SLOW_REDUCE_S"] = str(slow_s)
+    if block_at is not None:
+        command = [sys.executable, "-c", BLOCKING_DRIVER, *args]
+        env.update(BLOCK_AT=block_at, BLOCK_MARK=str(tmp_path / f"blocked-{block_at}"))
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
@@ -201,6 +233,46 @@ def test_a_killed_workers_frame_is_taken_over_after_its_lease(pg_url: str, tmp_p
     assert links == 4
     ((masters,),) = _rows(pg_url, "SELECT count(*) FROM master_calibrations")
     assert masters == 5
+
+
+def _kill_when_blocked(worker: subprocess.Popen, mark: Path) -> tuple[Path, str]:
+    """SIGKILL ``worker`` once it is blocked (:data:`BLOCKING_DRIVER`); returns the scratch
+    entry it was blocked at (still on disk) and its stderr."""
+    try:
+        _wait_for(lambda: mark.exists() and mark.read_text(), what=f"the worker to reach {mark}")
+        entry = Path(mark.read_text())
+        assert entry.exists()
+        worker.send_signal(signal.SIGKILL)
+        _, stderr = worker.communicate(timeout=10)
+    finally:
+        worker.kill()
+    assert worker.returncode == -signal.SIGKILL
+    return entry, stderr
+
+
+@pytest.mark.slow
+def test_scratch_files_of_a_killed_worker_are_swept_by_the_next(db_url: str,
+                                                               tmp_path: Path) -> None:
+    """kill -9 while a master's frames are spilled, then (the next worker) while a master's
+    temporary file is written: each following worker removes what the dead one left, and the
+    night completes with nothing left over. Both databases."""
+    url = db_url
+    config = _config(url, tmp_path)
+    run("ingest", str(_night(tmp_path / "raw")), "-q", *config, cwd=tmp_path)
+    args = ["worker", "--lease", "1", *FAST, *config]
+    spill, _ = _kill_when_blocked(_start(args, tmp_path, block_at="spill"),
+                                  tmp_path / "blocked-spill")  # fmt: skip
+    assert spill.parent == tmp_path / "data" and any(spill.iterdir())
+    temp, stderr = _kill_when_blocked(_start(args, tmp_path, block_at="write"),
+                                      tmp_path / "blocked-write")  # fmt: skip
+    assert not spill.exists(), "the second worker swept the first one's spill folder"
+    assert "swept 1 stale scratch entries" in stderr and "/masters/." in str(temp)
+    out = run("worker", "--until-idle", "--json", "--lease", "1", *FAST, *config, cwd=tmp_path)
+    assert "swept 1 stale scratch entries" in out.stderr
+    assert not temp.exists()
+    assert json.loads(out.stdout)["registry"] == {"done": 22}
+    hidden = [p for p in (tmp_path / "data").rglob(".*")]
+    assert hidden == [], "no spill folder or temporary file is left"
 
 
 @pytest.mark.slow

@@ -469,11 +469,33 @@ def _proc_state(pid: str) -> str:
         return "Z"
 
 
-def test_solve_field_errors_are_configuration_errors(astrometry_net, tmp_path):
-    program = _fake_program(tmp_path, "broken", "echo 'cannot read index file' >&2\nexit 2\n")
-    with pytest.raises(ConfigurationError, match=r"failed \(exit 2\): cannot read index file"):
-        _solve_with(program)
+def test_solve_field_errors_are_the_fields_outcome(astrometry_net, tmp_path):
+    # an error exit on this input (or a broken index the installation check missed): the field
+    # is unsolved with a one-line reason, never a worker-stopping ConfigurationError
+    program = _fake_program(tmp_path, "broken",
+                            "echo 'reading the field' \necho 'cannot read index file' >&2\n"
+                            "echo '  out of memory  ' >&2\nexit 2\n")  # fmt: skip
+    result = _solve_with(program)
+    assert result.status == "failed" and result.wcs is None
+    assert result.reason == "broken exited with status 2: out of memory"
+    values = {key: value for key, value, _ in wcs_cards(result)}
+    assert values["ASTSTAT"] == "failed" and values["ASTREASN"] == result.reason
     # a crash (killed by a signal) is this frame's failure, not the installation's
     program = _fake_program(tmp_path, "crashing", "kill -SEGV $$\n")
     result = _solve_with(program)
     assert result.status == "failed" and result.reason == "crashing was killed by signal 11"
+
+
+def test_a_solve_field_that_cannot_run_is_a_configuration_error(astrometry_net, tmp_path):
+    program = _fake_program(tmp_path, "no-interpreter", "exit 0\n")
+    Path(program).write_text("#!/nonexistent/interpreter\nexit 0\n")
+    with pytest.raises(ConfigurationError, match="cannot run .*no-interpreter"):
+        _solve_with(program)
+
+
+def test_a_failing_query_starkd_leaves_the_field_unsolved(field, tmp_path):
+    program = _fake_program(tmp_path, "query-starkd", "echo 'bad healpix' >&2\nexit 3\n")
+    result = _solve(field, query_starkd=program)
+    assert result.status == "failed" and result.wcs is None
+    assert result.reason.startswith("no reference stars: query-starkd exited with status 3: "
+                                    "bad healpix (on index-tycho2-")  # fmt: skip

@@ -200,3 +200,40 @@ def test_the_same_frame_gives_the_same_bytes(tmp_path: Path) -> None:
     assert write_product(tmp_path / "b.fits.fz", frame) == first
     a, b = read_product(tmp_path / "a.fits.fz"), read_product(tmp_path / "b.fits.fz")
     assert np.array_equal(a.sci, b.sci) and np.array_equal(a.err, b.err)
+
+
+def test_a_sci_image_without_bpm_is_all_good_and_bad_shapes_are_refused(tmp_path: Path) -> None:
+    sci = np.ones((16, 8), np.float32)
+    path = tmp_path / "sci-only.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI")]).writeto(path)
+    frame = read_product(path)
+    assert frame.bpm.shape == (16, 8) and not frame.bpm.any() and frame.err is None
+    for name, data, why in [
+        ("BPM", np.zeros((8, 8), np.uint8), "BPM extension holds shape"),
+        ("ERR", np.ones(16, np.float32), "ERR extension holds shape"),
+    ]:
+        bad = tmp_path / f"bad-{name}.fits"
+        extra = fits.ImageHDU(data, name=name)
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI"), extra]).writeto(bad)
+        with pytest.raises(UnprocessableFrameError, match=f"bad-{name}.fits: its {why}"):
+            read_product(bad)
+    cube = tmp_path / "cube.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((2, 3, 4)), name="SCI")]).writeto(cube)
+    with pytest.raises(UnprocessableFrameError, match=r"SCI extension holds shape \(2, 3, 4\)"):
+        read_product(cube)
+
+
+def test_a_truncated_or_garbled_mask_is_refused(tmp_path: Path) -> None:
+    good = tmp_path / "mask.fits"
+    fits.PrimaryHDU(np.zeros((64, 64), np.uint8)).writeto(good)
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(UnprocessableFrameError, match="cut.fits is truncated"):
+        products.read_mask(cut)
+    garbled = tmp_path / "garbled.fits"
+    data = bytearray(good.read_bytes())
+    at = data.index(b"NAXIS1")
+    data[at : at + 80] = b"NAXIS1  = garbage".ljust(80)
+    garbled.write_bytes(bytes(data))
+    with pytest.raises(UnprocessableFrameError, match="garbled.fits: unparsable FITS header"):
+        products.read_mask(garbled)
