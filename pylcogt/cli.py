@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from astropy.io.fits.verify import VerifyError
 from sqlalchemy.exc import OperationalError
 
 from pylcogt import (
@@ -34,7 +35,13 @@ from pylcogt.config import (
     load_settings,
 )
 from pylcogt.db.models import FrameState
-from pylcogt.errors import ConfigurationError, PylcogtError
+from pylcogt.errors import (
+    ConfigurationError,
+    ExternalToolError,
+    PylcogtError,
+    UnprocessableFrameError,
+    one_line,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -58,8 +65,9 @@ environment (a CLI option overrides its variable):
 machine-readable output: every --json prints one JSON value on stdout and nothing else
 (the one streaming exception: `ingest --watch --json` prints one JSON object per line, per file);
 logs and progress go to stderr. Exit status: 0 when the command did its job (even if some
-inputs were rejected: they are in the output), 1 when a check failed, 2 for a usage or
-configuration error, 3 when the database cannot be reached.
+inputs were rejected: they are in the output), 1 when a check failed or an input file cannot
+be used (the reason on one line, no traceback), 2 for a usage or configuration error, 3 when
+the database cannot be reached.
 """
 
 
@@ -221,6 +229,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     summary = ", ".join(f"{counts[k]} {k}" for k in ("new", "unchanged", "updated", "rejected"))
     extra = f" ({counts['ignored']} non-FITS files ignored)" if counts["ignored"] else ""
     print(f"ingested {len(report.results)} files: {summary}{extra}")
+    if report.conflicts():
+        print(f"{len(report.conflicts())} conflicts (same exposure key, different header facts "
+              f"or pixels): an operator must decide which file is right; see 'conflicts with' "
+              f"above")  # fmt: skip
     return 0
 
 
@@ -285,8 +297,44 @@ def cmd_frames(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _set_instrument(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from pylcogt.config import DEFAULT_MIN_INPUTS, format_min_inputs, parse_min_inputs
+    from pylcogt.db.models import Instrument
+    from pylcogt.db.session import writer
+
+    if args.clear_min_inputs == bool(getattr(args, "min_inputs", None)):
+        raise ConfigurationError("give either --min-inputs TYPE=N,... or --clear-min-inputs")
+    value = None if args.clear_min_inputs else format_min_inputs(parse_min_inputs(args.min_inputs))
+    # what applies to the camera now: its own value, else the environment's, else the default
+    settings = load_settings(settings.database_url, settings.data_dir)
+    with writer(_maker(settings))() as session:
+        rows = session.scalars(select(Instrument).where(Instrument.camera == args.camera)).all()
+        if not rows:
+            raise ConfigurationError(
+                f"no instrument {args.camera!r} is registered; ingest its frames first")
+        for inst in rows:
+            inst.min_inputs = value
+        session.commit()
+        result = [{"id": inst.id, "camera": inst.camera, "min_inputs": value,
+                   "effective": {t: settings.min_inputs_for(t, value) for t in DEFAULT_MIN_INPUTS}}
+                  for inst in rows]  # fmt: skip
+    if args.json:
+        _print_json(result)
+    else:
+        for r in result:
+            used = ",".join(f"{k}={v}" for k, v in r["effective"].items())
+            print(f"{r['camera']} (instrument {r['id']}): min inputs "
+                  f"{r['min_inputs'] or 'not set (global)'}; in effect {used}")
+    return 0
+
+
 def cmd_instruments(args: argparse.Namespace, settings: Settings) -> int:
     from pylcogt.db import repo
+
+    if args.instruments_command == "set":
+        return _set_instrument(args, settings)
 
     with _maker(settings)() as session:
         rows = [
@@ -301,6 +349,7 @@ def cmd_instruments(args: argparse.Namespace, settings: Settings) -> int:
                 "nx": inst.nx,
                 "ny": inst.ny,
                 "n_amplifiers": inst.n_amplifiers,
+                "min_inputs": inst.min_inputs,
                 "n_frames": n,
             }
             for inst, n in repo.list_instruments(session)
@@ -506,8 +555,8 @@ def cmd_reduce(args: argparse.Namespace, settings: Settings) -> int:
             for role, m in (r.get("masters") or {}).items():
                 print(f"  {role:5s} master {m['id']}: {m['path']} (sha256 {m['checksum'][:16]}..)")
             if r.get("error"):
-                print(f"  {r['error']}")
-    return 0
+                print(f"  {one_line(r['error'])}")
+    return 1 if any(r["state"] in ("rejected", "failed", "skipped") for r in results) else 0
 
 
 def _parse_time(text: str) -> dt.datetime:
@@ -582,9 +631,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
                 built = (
                     build_bpm_master(maker, settings, key)
                     if obstype == "BPM"
-                    else build_master(
-                        maker, settings, key, min_inputs=args.min_inputs, progress=show
-                    )
+                    else build_master(maker, settings, key, progress=show)
                 )
             except PylcogtError as exc:
                 results.append({"type": obstype, "filter": key.filter_name, "binning": key.binning,
@@ -685,6 +732,15 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
         default=default,
         help=f"reference catalogue (FITS/CSV, Pan-STARRS 1 columns) for the zero points (env "
         f"{REFCAT_ENV}; default: the catalogues loaded with `pylcogt refcat load`)",
+    )
+    group.add_argument(
+        "--min-inputs",
+        metavar="TYPE=N,...",
+        default=default,
+        help="fewest usable frames a master is built from, per type, e.g. "
+        "BIAS=3,DARK=3,SKYFLAT=3, or one number for every type (env PYLCOGT_MIN_INPUTS; "
+        "default BIAS=5,DARK=3,SKYFLAT=3; an instrument's own value, set with `pylcogt "
+        "instruments set`, wins)",
     )
     group.add_argument(
         "--keep-products",
@@ -831,6 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Register raw frames. Files are checked for completeness and required keywords; "
         "unusable ones are recorded as 'rejected' with the reason. Re-ingesting an unchanged "
         "file changes nothing; a file whose content changed is re-registered and reset to pending. "
+        "An exposure (site, camera, night, frame number) is registered once: another file of it "
+        "(x.fits.fz beside x.fits, a copy elsewhere) is rejected as a duplicate naming the first, "
+        "or as a conflict for an operator when its pixels or header facts differ. "
         "Directories are searched recursively for *.fits, *.fits.fz and *.fits.gz. "
         "With --watch DIR, keeps ingesting files as they arrive until SIGTERM or Ctrl-C (exit 0): "
         "a file is taken once its size and modification time have not changed for --settle "
@@ -871,6 +930,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", action="store_true", help="print a JSON array, one object per instrument"
     )
+    p = i_sub.add_parser(
+        "set", parents=[common], help="set an instrument's own settings (kept in the registry)",
+        description="Set an instrument's own minimum number of frames per master: `pylcogt "
+        "instruments set kb95 --min-inputs BIAS=3,DARK=3,SKYFLAT=3` (types not named follow "
+        "the global setting). It wins over --min-inputs and PYLCOGT_MIN_INPUTS for this camera "
+        "in the worker and `stack`. Idempotent.",
+    )  # fmt: skip
+    p.add_argument("camera", help="camera name (INSTRUME), e.g. kb95")
+    p.add_argument("--clear-min-inputs", action="store_true",
+                   help="forget the instrument's own minimum (the global one applies again)")
+    p.add_argument("--json", action="store_true", help="print the instrument as JSON")
 
     p = add("reduce", "reduce science frames against the registry's masters",
             "Reduce raw science frames (EXPOSE, STANDARD): each file is registered if new, the "
@@ -881,7 +951,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--history`). Prints the masters used, with their checksums. With --as-of, the "
             "registry as it stood then: masters registered by then and not yet superseded or "
             "marked bad; masters never change, so this reproduces a product made then, bit for "
-            "bit (--output-dir writes it elsewhere and records nothing).")  # fmt: skip
+            "bit (--output-dir writes it elsewhere and records nothing). Exit status 1 when a "
+            "file was rejected, failed or skipped (the reason is printed).")  # fmt: skip
     p.add_argument("files", nargs="+", metavar="FILE", help="raw science frames")
     p.add_argument("--as-of", metavar="TIME",
                    help="select masters as the registry stood at this UTC time "
@@ -910,8 +981,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--filter", help="only this filter (flats)")
     p.add_argument("--binning", help="only this binning, e.g. 2x2")
-    p.add_argument("--min-inputs", type=int,
-                   help="fewest usable frames (default: bias 5, dark 3, flat 3)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per master")
 
     cli_calibrations.add_parsers(add, common)
@@ -1036,7 +1105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.database_url, args.data_dir, args.crosstalk_file,
                                  args.index_dir, args.refcat,
-                                 keep_products=args.keep_products)  # fmt: skip
+                                 keep_products=args.keep_products,
+                                 min_inputs=args.min_inputs)  # fmt: skip
         return COMMANDS[args.command](args, settings)
     except ConfigurationError as exc:
         print(f"pylcogt: error: {exc}", file=sys.stderr)
@@ -1049,12 +1119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    except (UnprocessableFrameError, ExternalToolError) as exc:  # bad input: a failed check
+        print(f"pylcogt: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     except PylcogtError as exc:
         print(f"pylcogt: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (OSError, VerifyError) as exc:  # a file that cannot be read or parsed: no traceback
+        log.debug("details", exc_info=True)
+        print(f"pylcogt: error: {one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

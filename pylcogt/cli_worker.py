@@ -114,6 +114,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def preflight(settings: Settings) -> None:
+    """What every science frame needs from the installation, checked before anything is
+    claimed: astrometry.net's ``solve-field`` and an index directory holding index files (when
+    astrometry is on). :class:`~pylcogt.errors.ConfigurationError` with the advice otherwise."""
+    from pylcogt.astrometry.refstars import find_executable, find_index_files
+
+    if settings.index_dir is not None:
+        find_executable("solve-field")
+        find_index_files(settings.index_dir)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from pylcogt.cli import _maker, _print_json
     from pylcogt.db import queue
@@ -132,6 +143,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         rereduce=not args.no_rereduce,
     )
     _maker(settings)  # the schema exists and is current (exit 3 when unreachable)
+    preflight(settings)  # a broken installation stops here, once, not at every frame
     if not args.quiet:  # one line per frame is the worker's normal output
         logging.getLogger("pylcogt.worker").setLevel(logging.INFO)
     engine = get_engine(settings.database_url)

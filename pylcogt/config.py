@@ -22,6 +22,10 @@ Each setting comes from, in order: the CLI option, the environment variable, the
   Default: off (the reduction history keeps every product's checksum and masters either way).
 - ``PYLCOGT_REREDUCE``: ``0`` (or ``no``/``off``) keeps provisional products as they are when a
   better master arrives (the worker's ``--no-rereduce``). Default: on.
+- ``PYLCOGT_MIN_INPUTS`` / ``--min-inputs``: the fewest usable frames a master is built from,
+  per calibration type, e.g. ``BIAS=3,DARK=3,SKYFLAT=3`` (a bare number sets every type). Types
+  not named keep their defaults (bias 5, dark 3, flat 3). An instrument's own value in the
+  registry (``pylcogt instruments set CAMERA --min-inputs ...``) wins over this one.
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ __all__ = [
     "REFCAT_BRIGHT_ENV",
     "KEEP_PRODUCTS_ENV",
     "REREDUCE_ENV",
+    "MIN_INPUTS_ENV",
     "DEFAULT_INDEX_DIR",
+    "DEFAULT_MIN_INPUTS",
+    "parse_min_inputs",
+    "format_min_inputs",
 ]
 
 DATABASE_URL_ENV = "PYLCOGT_DATABASE_URL"
@@ -58,6 +66,9 @@ REFCAT_ENV = "PYLCOGT_REFCAT"
 REFCAT_BRIGHT_ENV = "PYLCOGT_REFCAT_BRIGHT_MAG"
 KEEP_PRODUCTS_ENV = "PYLCOGT_KEEP_PRODUCTS"
 REREDUCE_ENV = "PYLCOGT_REREDUCE"
+MIN_INPUTS_ENV = "PYLCOGT_MIN_INPUTS"
+#: the fewest usable frames per master, by calibration type (the notes' nightly sets)
+DEFAULT_MIN_INPUTS: dict[str, int] = {"BIAS": 5, "DARK": 3, "SKYFLAT": 3}
 DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 DEFAULT_SQLITE_NAME = "pylcogt.db"
 DEFAULT_DATA_DIR_NAME = "pylcogt-data"
@@ -80,6 +91,18 @@ class Settings:
     keep_products: bool = False
     #: reduce provisional products again when a better master arrives
     rereduce: bool = True
+    #: ``(type, n)`` pairs overriding :data:`DEFAULT_MIN_INPUTS` (``--min-inputs``)
+    min_inputs: tuple[tuple[str, int], ...] = ()
+
+    def min_inputs_for(self, obstype: str, instrument_value: str | None = None) -> int:
+        """The fewest usable frames for a master of ``obstype``: the instrument's registry value
+        (``instruments.min_inputs``, same form as ``--min-inputs``) if it names the type, else
+        this setting, else the default."""
+        if instrument_value:
+            own = parse_min_inputs(instrument_value, what="the instrument's min_inputs")
+            if obstype in own:
+                return own[obstype]
+        return dict(self.min_inputs).get(obstype, DEFAULT_MIN_INPUTS.get(obstype, 1))
 
     @property
     def safe_database_url(self) -> str:
@@ -123,6 +146,7 @@ def load_settings(
     index_dir: str | os.PathLike | None = None,
     refcat: str | os.PathLike | None = None,
     keep_products: bool | None = None,
+    min_inputs: str | None = None,
 ) -> Settings:
     """Resolve settings from explicit values, then the environment, then the defaults."""
     url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{DEFAULT_SQLITE_NAME}"
@@ -139,7 +163,44 @@ def load_settings(
         refcat_bright_mag=_bright_mag(os.environ.get(REFCAT_BRIGHT_ENV)),
         keep_products=keep_products if keep_products else _flag(KEEP_PRODUCTS_ENV, False),
         rereduce=_flag(REREDUCE_ENV, True),
+        min_inputs=tuple(sorted(parse_min_inputs(
+            min_inputs or os.environ.get(MIN_INPUTS_ENV) or "",
+            what="--min-inputs" if min_inputs else MIN_INPUTS_ENV).items())),
     )
+
+
+def parse_min_inputs(text: str, *, what: str = "--min-inputs") -> dict[str, int]:
+    """``'BIAS=3,DARK=3,SKYFLAT=3'`` -> ``{'BIAS': 3, ...}``; a bare ``'3'`` sets every type;
+    ``''``: nothing set. Types are BIAS, DARK, SKYFLAT (FLAT is accepted for SKYFLAT), any case;
+    each minimum is at least 1. :class:`ConfigurationError` naming ``what`` otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    if text.isdigit():
+        return dict.fromkeys(DEFAULT_MIN_INPUTS, _positive(text, what))
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip().upper()
+        name = "SKYFLAT" if name == "FLAT" else name
+        if not sep or name not in DEFAULT_MIN_INPUTS:
+            msg = (f"{what}: {item.strip()!r} is not TYPE=N; give e.g. BIAS=3,DARK=3,SKYFLAT=3 "
+                   f"(types {', '.join(DEFAULT_MIN_INPUTS)}) or one number for all")
+            raise ConfigurationError(msg)
+        out[name] = _positive(value.strip(), what)
+    return out
+
+
+def format_min_inputs(values: dict[str, int]) -> str:
+    """The inverse of :func:`parse_min_inputs`: ``'BIAS=3,DARK=3'`` (types in a fixed order)."""
+    return ",".join(f"{k}={values[k]}" for k in DEFAULT_MIN_INPUTS if k in values)
+
+
+def _positive(text: str, what: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        msg = f"{what}: {text!r} is not a number of frames (1 or more)"
+        raise ConfigurationError(msg)
+    return int(text)
 
 
 def _flag(name: str, default: bool) -> bool:

@@ -8,6 +8,9 @@
   backoff.
 - :class:`ConfigurationError`: the installation is wrong (bad URL, missing directory, unknown
   option). Fail loudly; nothing is recorded against a frame.
+- :class:`ExternalToolError`: an external program (``solve-field``, ``query-starkd``) crashed,
+  exited with an error or ran out of time on this input. An outcome of this frame's step (e.g.
+  ``ASTSTAT = 'failed'`` with the reason), never a reason to stop the worker.
 
 Anything else that escapes is a bug.
 """
@@ -21,6 +24,7 @@ __all__ = [
     "TransientError",
     "ConfigurationError",
     "NotEnoughInputsError",
+    "ExternalToolError",
 ]
 
 
@@ -57,3 +61,17 @@ class NotEnoughInputsError(PylcogtError):
 
     More frames may still arrive: the worker retries when the group changes.
     """
+
+
+class ExternalToolError(PylcogtError):
+    """An external program failed on this input (crash, error exit, timeout); the message is
+    one line: the program, its exit status and the last line of its error output."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """The error's text on one line (whitespace runs collapsed): what the registry's ``error``
+    columns and the terminal show; tracebacks go to the log only."""
+    text = " ".join(str(error).split())
+    if not text and isinstance(error, BaseException):
+        return type(error).__name__
+    return text

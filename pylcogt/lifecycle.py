@@ -17,7 +17,9 @@ Frames (``raw_frames.state``):
                                      ├─waiting─> waiting_calibration ─woken─> pending
                                      ├─failed─> failed
                                      └─retried, released─> pending
-    ingest ─> rejected (unreadable); a changed file ─updated─> pending (or rejected)
+    ingest ─> rejected (unreadable, a duplicate); a changed file ─updated─> pending (or rejected)
+    processing ─screened out─> rejected (a calibration frame no master can use: a shutter
+                               failure, a saturated flat; the reason has the measured level)
     done, failed, waiting... ─requeued─> pending (mark-bad, a better master, backfill)
 
 Masters (``master_calibrations``) are immutable: their states are standings, each with its
@@ -76,6 +78,9 @@ __all__ = [
     "record_reduction",
     "supersede_current_reduction",
     "promote_reduction",
+    "MARKING_LOCK_KEY",
+    "hold_marking_lock",
+    "bad_masters",
 ]
 
 P, W, R, D = FrameState.PENDING, FrameState.PROCESSING, FrameState.READY, FrameState.DONE
@@ -97,6 +102,7 @@ class FrameEvent(str, enum.Enum):
     REJECTED = "rejected"  # ingest: the (changed) file cannot be used
     CLAIMED = "claimed"  # a worker takes it (or takes it over after a lease expired)
     CHECKED = "checked"  # a calibration frame passed its check: waits for its master
+    SCREENED_OUT = "screened_out"  # a calibration frame failed its check (shutter, saturation)
     REDUCED = "reduced"  # a science frame's product was recorded
     REDUCED_BY_HAND = "reduced_by_hand"  # `pylcogt reduce` (no claim)
     WAITING = "waiting"  # a master it needs does not exist yet
@@ -132,6 +138,7 @@ FRAME_TRANSITIONS: Mapping[FrameEvent, Transition] = MappingProxyType(
         FrameEvent.REJECTED: _t((*_READABLE, REJECTED), REJECTED),
         FrameEvent.CLAIMED: _t((P, W), W),
         FrameEvent.CHECKED: _t((W,), R),
+        FrameEvent.SCREENED_OUT: _t((W,), REJECTED),
         FrameEvent.REDUCED: _t((W,), D),
         FrameEvent.REDUCED_BY_HAND: _t((P, D, WAITING, FAILED), D),
         FrameEvent.WAITING: _t((W, P, D, FAILED), WAITING),
@@ -228,6 +235,38 @@ def requeue_values(reason: str, *, last_error: str | None = None) -> dict:
 
 
 # --- masters ------------------------------------------------------------------------------
+#: PostgreSQL advisory lock: mark-bad/mark-good hold it exclusively for their transaction, a
+#: worker's record transaction (a reduction, a master) holds it shared from its first statement
+MARKING_LOCK_KEY = 0x70796C636F67  # "pylcog"
+
+
+def hold_marking_lock(session: Session, *, shared: bool) -> None:
+    """Take the marking lock for the rest of the transaction (the first statement of it).
+
+    A record transaction holds it shared, then checks its masters (:func:`bad_masters`): a
+    master marked bad before that is seen, and a marking that comes later waits for the record
+    to commit and then finds the reduction (or master) to redo. On SQLite the database's write
+    lock does the same (the record's first statement writes); shared there is a no-op, and
+    exclusive is a write of no row (the write lock until commit)."""
+    if session.get_bind().dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        session.execute(sa.text(f"SELECT {function}(:key)"), {"key": MARKING_LOCK_KEY})
+    elif not shared:
+        m = MasterCalibration.__table__
+        session.execute(update(m).where(m.c.id == -1).values(is_bad=m.c.is_bad))
+
+
+def bad_masters(session: Session, master_ids: Iterable[int]) -> dict[int, str]:
+    """``{id: bad reason}`` of the masters among ``master_ids`` marked bad (read in the record
+    transaction, after :func:`hold_marking_lock`)."""
+    ids = sorted(set(master_ids))
+    if not ids:
+        return {}
+    m = MasterCalibration.__table__
+    rows = session.execute(sa.select(m.c.id, m.c.bad_reason).where(m.c.id.in_(ids), m.c.is_bad))
+    return {row.id: row.bad_reason or "marked bad" for row in rows}
+
+
 def register_master(
     session: Session, new: MasterCalibration, *, replaces: int | None, now: dt.datetime
 ) -> MasterCalibration:

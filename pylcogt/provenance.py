@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, or_, select, text, update
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, aliased, joinedload, sessionmaker
 
 from pylcogt import lifecycle
@@ -110,7 +110,6 @@ __all__ = [
 SessionSource = str | Session | sessionmaker
 _ROLE_ORDER = {role.value: n for n, role in enumerate(CalibrationRole)}
 _CHUNK = 500  # ids per IN (...) list
-_LOCK_KEY = 0x70796C636F67  # "pylcog": PostgreSQL advisory lock serializing mark-bad/good
 
 
 class NotRegisteredError(PylcogtError, LookupError):
@@ -372,16 +371,10 @@ def _session(source: SessionSource, *, write: bool = False) -> Iterator[Session]
 
 
 def _serialize(session: Session) -> None:
-    """Serialize mark-bad/mark-good transactions: the first statement of the transaction."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-    else:  # SQLite: a write, even of no row, takes the database's write lock until commit
-        session.execute(
-            update(MasterCalibration)
-            .where(MasterCalibration.id == -1)
-            .values(is_bad=MasterCalibration.is_bad)
-            .execution_options(synchronize_session=False)
-        )
+    """Serialize mark-bad/mark-good transactions, and order them with the workers' record
+    transactions (:func:`pylcogt.lifecycle.hold_marking_lock`): the first statement of the
+    transaction."""
+    lifecycle.hold_marking_lock(session, shared=False)
 
 
 # --- conversions --------------------------------------------------------------------------

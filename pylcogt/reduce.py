@@ -56,7 +56,8 @@ from pylcogt.instruments import SCIENCE_OBSTYPES, crosstalk_lookup
 from pylcogt.io.products import write_product
 from pylcogt.io.raw_read import read_raw
 from pylcogt.io.scan import sha256_file
-from pylcogt.lifecycle import FrameEvent, UsedMaster
+from pylcogt.io.scratch import TEMP_SUFFIX, temp_prefix
+from pylcogt.lifecycle import FrameEvent, UsedMaster, frame_transition
 from pylcogt.paths import kept_product_path, product_path
 from pylcogt.photometry.config import PhotometryConfig
 from pylcogt.pipeline import Masters, reduce_science
@@ -134,7 +135,7 @@ def _keep_previous(session: Session, frame_id: int, out: Path) -> str | None:
     if not source.exists() or sha256_file(source) != current.product_checksum:
         return None  # replaced or lost already: the row keeps its checksum, no file
     kept.parent.mkdir(parents=True, exist_ok=True)
-    tmp = kept.with_name(f".{kept.name}.tmp")
+    tmp = kept.with_name(f"{temp_prefix(kept.name)}link{TEMP_SUFFIX}")  # owner in the name
     tmp.unlink(missing_ok=True)
     os.link(source, tmp)
     os.replace(tmp, kept)
@@ -165,8 +166,13 @@ def reduce_frame(
     with maker() as session:
 
         def fence() -> None:
-            if lease_token is not None and not reproduce:
+            if reproduce:
+                return
+            if lease_token is not None:
                 fence_frame(session, frame_id, lease_token)
+            else:  # by hand: the record transaction starts here, ordered with mark-bad
+                session.commit()
+                lifecycle.hold_marking_lock(session, shared=True)
 
         frame = _load_frame(session, frame_id)
         result = ReduceResult(frame_id=frame.id, path=frame.path, state=frame.state.value)
@@ -233,6 +239,9 @@ def reduce_frame(
             result.timings.update(science.timings)
             tick = time.perf_counter()
             fence()
+            bad = {} if reproduce else lifecycle.bad_masters(session, [u.master_id for u in used])
+            if bad:  # marked bad after they were chosen: nothing written, the frame goes again
+                return _requeue_for_bad(session, frame, bad, result)
             kept = None
             if settings.keep_products and not reproduce:
                 kept = _keep_previous(session, frame.id, out)
@@ -291,6 +300,19 @@ def reduce_frame(
         result.state, result.product_path = FrameState.DONE.value, str(out)
         log.info("reduced %s -> %s (%s)", frame.filename, out.name, status.value)
         return result
+
+
+def _requeue_for_bad(session: Session, frame: RawFrame, bad: dict[int, str],
+                     result: ReduceResult) -> ReduceResult:  # fmt: skip
+    marked = ", ".join(f"{i} ({why})" for i, why in sorted(bad.items()))
+    reason = f"master(s) {marked} marked bad while the frame was reduced: reduced again"
+    table = RawFrame.__table__
+    session.execute(frame_transition(FrameEvent.REQUEUED, table.c.id == frame.id,
+                                     **lifecycle.requeue_values(reason)))  # fmt: skip
+    session.commit()
+    log.warning("%s: %s", frame.filename, reason)
+    result.state, result.error = FrameState.PENDING.value, reason
+    return result
 
 
 def _stamp(header, used: list[UsedMaster], status: CalibrationStatus) -> None:

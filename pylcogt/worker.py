@@ -64,6 +64,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -81,13 +82,19 @@ from pylcogt.db import queue
 from pylcogt.db.models import MasterJobStatus
 from pylcogt.db.session import dispose_engines, get_engine, get_sessionmaker, writer
 from pylcogt.errors import (
+    CalibrationNotFoundError,
     ConfigurationError,
     NotEnoughInputsError,
     TransientError,
     UnprocessableFrameError,
+    one_line,
 )
 from pylcogt.instruments import CALIBRATION_OBSTYPES, SCIENCE_OBSTYPES, crosstalk_lookup
+from pylcogt.calibrations.prepare import screen_flat
+from pylcogt.calibrations.select import nearest_master_path
+from pylcogt.io.products import read_product_card
 from pylcogt.io.raw_read import read_raw
+from pylcogt.io.scratch import sweep_stale
 from pylcogt.nights import night_over
 from pylcogt.recalibrate import (
     RefreshResult,
@@ -210,6 +217,7 @@ class WorkSummary:
             "reduced": self.outcomes["done"],
             "checked": self.outcomes["ready"],
             "failed": self.outcomes["failed"] + self.failed_in_groups,
+            "rejected": self.outcomes["rejected"],
             "waiting": self.outcomes["waiting_calibration"],
             "retried": self.outcomes["retry"],
             "released": self.outcomes["released"],
@@ -257,9 +265,17 @@ def worker_name(index: int | None = None) -> str:
     return name if index is None else f"{name}/{index}"
 
 
-def _short_traceback(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return text[-8000:]
+def _bug_reason(exc: BaseException) -> str:
+    """One line for the registry: what went wrong where (the traceback is in the log)."""
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
+    return (f"unexpected error (a pylcogt bug; the traceback is in the worker log): "
+            f"{type(exc).__name__}: {_first_line(exc)}{at}")  # fmt: skip
+
+
+def _outage_reason(exc: BaseException) -> str:
+    """One line for the registry: the outage a retry waits out."""
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 class Worker:
@@ -325,6 +341,9 @@ class Worker:
     def run(self) -> WorkSummary:
         """Loop until stopped (or, ``until_idle``, until nothing is left that can be done)."""
         log.info("worker %s started", self.name)
+        swept = sweep_stale(self.settings.data_dir)  # spill and temporary files of dead workers
+        log.info("%s: swept %d stale scratch entries (%d bytes) from %s", self.name, len(swept),
+                 sum(s.bytes for s in swept), self.settings.data_dir)  # fmt: skip
         try:
             while not self._stop.is_set():
                 try:
@@ -514,19 +533,18 @@ class Worker:
             raise
         except UnprocessableFrameError as exc:
             log.error("%s failed: %s", claim.filename, exc, extra={"frame": claim.filename})
-            queue.record_failed(self.engine, claim, str(exc))
+            queue.record_failed(self.engine, claim, one_line(exc))
             return "failed"
         except Exception as exc:
             if not is_transient(exc):  # a bug: record it against the frame and carry on
                 log.exception("%s: unexpected error (a bug): recorded as failed", claim.filename)
-                text = "unexpected error: " + _short_traceback(exc)
-                queue.record_failed(self.engine, claim, text)
+                queue.record_failed(self.engine, claim, _bug_reason(exc))
                 return "failed"
             delay = backoff_delay(claim.attempts + 1, base_s=config.retry_base_s,
                                   cap_s=config.retry_cap_s)  # fmt: skip
             log.warning("%s: transient error (attempt %d of %d): %s", claim.filename,
                         claim.attempts + 1, config.max_attempts, _first_line(exc))  # fmt: skip
-            state = queue.record_retry(self.engine, claim, _short_traceback(exc), delay_s=delay,
+            state = queue.record_retry(self.engine, claim, _outage_reason(exc), delay_s=delay,
                                        max_attempts=config.max_attempts)  # fmt: skip
             return "retry" if state == "pending" else "failed"
 
@@ -535,13 +553,39 @@ class Worker:
         raw = read_raw(claim.path, crosstalk=crosstalk_lookup(self.settings.crosstalk_file))
         timings["read"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        remove_instrument_signature(raw)
+        frame = remove_instrument_signature(raw)
         timings["isr"] = time.perf_counter() - tick
+        if claim.obstype == "SKYFLAT":
+            bias_level = self._bias_level(claim) if frame.header.get("ERRBIAS", False) else None
+            level, reason = screen_flat(frame, bias_level_e=bias_level)
+            if reason:
+                log.warning("%s rejected: %s", claim.filename, reason,
+                            extra={"frame": claim.filename})  # fmt: skip
+                queue.record_rejected(self.engine, claim, reason)
+                return "rejected"
         tick = time.perf_counter()
         queue.record_ready(self.engine, claim, group=claim.group,
                            quiet_time_s=self.config.quiet_time_s)  # fmt: skip
         timings["record"] = time.perf_counter() - tick
         return "ready"
+
+    def _bias_level(self, claim: queue.FrameClaim) -> float | None:
+        """The bias level (e-, ``BIASLVL``) of the bias master nearest the flat's night, for
+        cameras without overscan; None when there is none yet or it cannot be read."""
+        with self.maker() as session:
+            path = nearest_master_path(session, instrument_id=claim.instrument_id,
+                                       obstype="BIAS", binning=claim.binning or "",
+                                       readout_mode=claim.readout_mode or "",
+                                       dayobs=claim.dayobs)  # fmt: skip
+        if path is None:
+            return None
+        try:
+            value = read_product_card(path, "BIASLVL")
+            return None if value is None else float(value)
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: cannot read BIASLVL of %s (%s); flat level not screened",
+                        claim.filename, path, exc)  # fmt: skip
+            return None
 
     # --- masters --------------------------------------------------------------------------
     def build_group(self, status: queue.GroupStatus) -> bool:
@@ -587,15 +631,17 @@ class Worker:
                 result = build_module.build_master(self.maker, self.settings, key, fence=fence)
         except (queue.LeaseLostError, ConfigurationError):
             raise
-        except NotEnoughInputsError as exc:
+        except (NotEnoughInputsError, CalibrationNotFoundError) as exc:
+            # too few usable frames, or no master to prepare them with (the night's bias
+            # group could not be built): more frames or a master may still come tonight
             self.summary.master_failures += 1
             with self.engine.connect() as conn:
                 over = night_over(conn, key.instrument_id, key.dayobs, queue.db_now(conn))
             if over:
                 log.error("%s: no master: %s", _describe(key), exc)
                 self.summary.failed_in_groups += queue.finish_group(
-                    self.engine, claim, MasterJobStatus.FAILED, error=str(exc),
-                    fail_ready=f"no master could be built from this group: {exc}",
+                    self.engine, claim, MasterJobStatus.FAILED, error=one_line(exc),
+                    fail_ready=f"no master could be built from this group: {one_line(exc)}",
                 )  # fmt: skip
             else:
                 until = night_end(key.dayobs, status.longitude_deg)
@@ -603,21 +649,22 @@ class Worker:
                     "%s: %s; trying again at the end of the night (%s UTC) or when a frame "
                     "arrives", _describe(key), exc, f"{until:%Y-%m-%d %H:%M}",
                 )  # fmt: skip
-                queue.finish_group(self.engine, claim, MasterJobStatus.NOT_ENOUGH, error=str(exc),
+                queue.finish_group(self.engine, claim, MasterJobStatus.NOT_ENOUGH,
+                                   error=one_line(exc),
                                    retry_at=until, defer_until=until)  # fmt: skip
             return
         except Exception as exc:
             self.summary.master_failures += 1
             if not is_transient(exc):  # a bug (or bad data the build does not classify)
                 log.exception("%s: building the master failed", _describe(key))
-                text = _short_traceback(exc)
+                text = _bug_reason(exc)
                 self.summary.failed_in_groups += queue.finish_group(
                     self.engine, claim, MasterJobStatus.FAILED, error=text,
                     fail_ready=f"building the master failed: {text}",
                 )  # fmt: skip
                 return
             attempts = claim.attempts + 1
-            text = _short_traceback(exc)
+            text = _outage_reason(exc)
             if attempts >= config.max_attempts:
                 log.error("%s: giving up after %d attempts: %s", _describe(key), attempts,
                           _first_line(exc))  # fmt: skip
@@ -703,7 +750,14 @@ def _child_main(
     worker = Worker(settings, config, name=worker_name(index))
     worker.install_signal_handlers()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    summary = worker.run()
+    try:
+        summary = worker.run()  # stops on a ConfigurationError, its frame released
+    except ConfigurationError as exc:  # the installation: restarting would fail the same way
+        log.error("worker process %d stopped: %s", index, one_line(exc))
+        summary = worker.summary
+        summary.errors.append(f"configuration error: {one_line(exc)}")
+        results.put((index, summary.to_transport()))
+        sys.exit(EXIT_CONFIGURATION)
     results.put((index, summary.to_transport()))
 
 
@@ -774,6 +828,11 @@ def run_workers(
                 index, data = results.get(timeout=0.2)
                 reported[index] = data
             for i, child in list(children.items()):
+                if child.exitcode == EXIT_CONFIGURATION and not stopping.is_set():
+                    # a configuration error stops the service once, not once per restart
+                    log.error("worker process %d stopped on a configuration error: stopping "
+                              "all workers", i)  # fmt: skip
+                    forward(signal.SIGTERM, None)
                 if child.is_alive() or child.exitcode == 0 or i in reported:
                     continue
                 # died without reporting (killed, out of memory, a crash): its frame's lease
@@ -802,6 +861,11 @@ def run_workers(
             signal.signal(signum, handler)
         listener.stop()
     return summary
+
+
+#: exit status of a worker process that stopped on a ConfigurationError (sysexits EX_CONFIG):
+#: not restarted; the other processes are stopped
+EXIT_CONFIGURATION = 78
 
 
 class _Supervisor:

@@ -40,10 +40,16 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from pylcogt import lifecycle
 from pylcogt.calibrations.bpm import derive_bpm
-from pylcogt.calibrations.prepare import check_flats
+from pylcogt.calibrations.prepare import (
+    LEVEL_K,
+    LEVEL_SUBSAMPLE,
+    check_flats,
+    flat_level_reason,
+    outlying_levels,
+)
 from pylcogt.calibrations.select import select_master
 from pylcogt.calibrations.stack import DEFAULT_MEMORY_BUDGET_BYTES, stack_sources
-from pylcogt.config import Settings
+from pylcogt.config import DEFAULT_MIN_INPUTS, Settings
 from pylcogt.db.clock import db_now
 from pylcogt.db.models import (
     CalibrationStatus,
@@ -63,6 +69,7 @@ from pylcogt.errors import (
     NotEnoughInputsError,
     TransientError,
     UnprocessableFrameError,
+    one_line,
 )
 from pylcogt.frame import Frame, PixelFlag
 from pylcogt.instruments import crosstalk_lookup
@@ -81,6 +88,7 @@ from pylcogt.pipeline import (
     prepare_master_input,
 )
 from pylcogt.stages.flat import DEFAULT_MIN_RESPONSE
+from pylcogt.stats import sigma_clipped_mean
 
 __all__ = [
     "GroupKey",
@@ -88,6 +96,7 @@ __all__ = [
     "GroupPlan",
     "MIN_INPUTS",
     "MasterIntegrityError",
+    "MastersChangedError",
     "group_frames",
     "plan_group",
     "current_group_master",
@@ -99,8 +108,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Fewest usable frames a master may be built from, per type (configurable per call).
-MIN_INPUTS = {"BIAS": 5, "DARK": 3, "SKYFLAT": 3}
+#: Fewest usable frames a master may be built from, per type: the defaults of
+#: ``--min-inputs`` / ``PYLCOGT_MIN_INPUTS`` / an instrument's ``min_inputs``
+#: (:meth:`pylcogt.config.Settings.min_inputs_for`).
+MIN_INPUTS = DEFAULT_MIN_INPUTS
 STACK_K = 3.0  # rstd, per-pixel rejection when stacking
 
 
@@ -114,6 +125,11 @@ class GroupKey:
     binning: str
     readout_mode: str
     filter_name: str = ""
+
+
+class MastersChangedError(TransientError):
+    """A master the build prepared its frames with was marked bad while it ran: nothing is
+    registered; the group is built again (a retry) with the masters then current."""
 
 
 class MasterIntegrityError(TransientError):
@@ -350,10 +366,52 @@ def _shared_err_terms(obstype: str, masters: Masters, exptime_s: float | None,
     return terms
 
 
-def _leave_out(frame: RawFrame, error: Exception) -> None:
+_MINIMUM_ADVICE = (
+    "lower the minimum with --min-inputs TYPE=N (or PYLCOGT_MIN_INPUTS, or `pylcogt instruments "
+    "set CAMERA --min-inputs TYPE=N`) if fewer frames are enough for this camera"
+)
+
+
+def _refuse_bad(session: Session, master_ids: list[int], key: GroupKey) -> None:
+    """In the register transaction (after the fence took the marking lock): refuse to register
+    a master made with a master marked bad since it was chosen."""
+    bad = lifecycle.bad_masters(session, master_ids)
+    if bad:
+        session.rollback()
+        marked = ", ".join(f"{i} ({why})" for i, why in sorted(bad.items()))
+        raise MastersChangedError(
+            f"{key.obstype} {key.dayobs:%Y%m%d}: master(s) {marked} used to prepare its frames "
+            f"were marked bad during the build; nothing registered, building again")
+
+
+def _group_label(instrument: Instrument, key: GroupKey) -> str:
+    text = f"{instrument.camera} {key.dayobs:%Y%m%d} {key.obstype} {key.binning}"
+    return text + (f" {key.filter_name}" if key.filter_name else "")
+
+
+def _leave_out(frame: RawFrame, reason: str) -> None:
     if lifecycle.apply_frame_event(frame, FrameEvent.LEFT_OUT):
-        frame.last_error = str(error)
+        frame.last_error = reason
         frame.attempts += 1
+
+
+def _input_level(obstype: str, ready: Frame, level: float | None,
+                 exptime_s: float | None) -> float:  # fmt: skip
+    """A bias's removed level (e-); a dark's clipped-mean signal in electrons (its rate times
+    EXPTIME: what a light leak or a wrong exposure adds)."""
+    if level is not None:
+        return float(level)
+    step = LEVEL_SUBSAMPLE
+    rate = sigma_clipped_mean(ready.sci[::step, ::step], ready.bpm[::step, ::step],
+                              k=LEVEL_K).mean  # fmt: skip
+    return float(rate) * float(exptime_s or 0.0)
+
+
+def _header_float(header, keyword: str) -> float:
+    try:
+        return float(header.get(keyword, 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _master_frame(key: GroupKey, result, levels: list[float], inputs: list[RawFrame],
@@ -517,6 +575,7 @@ def build_bpm_master(
 
         if fence is not None:
             fence(session)
+        _refuse_bad(session, [m.id for m in used], key)
         now = db_now(session)
         path, version = _free_path(session, make_path, _next_version(session, key))
         checksum = write_product(path, mask)
@@ -650,17 +709,19 @@ def build_master(
     build with nothing written or recorded.
     """
     obstype = key.obstype
-    minimum = MIN_INPUTS[obstype] if min_inputs is None else min_inputs
     dropped: dict[str, str] = {}
     with maker() as session:
         query = select(Instrument).options(joinedload(Instrument.site))
         instrument = session.scalars(query.where(Instrument.id == key.instrument_id)).one()
+        minimum = (settings.min_inputs_for(obstype, instrument.min_inputs)
+                   if min_inputs is None else min_inputs)  # fmt: skip
+        label = _group_label(instrument, key)
         plan = plan_group(session, key)
         frames = plan.frames
         if len(frames) < minimum:
             raise NotEnoughInputsError(
-                f"{instrument.camera} {key.dayobs:%Y%m%d} {obstype} {key.binning} "
-                f"{key.filter_name}: {len(frames)} frame(s) registered, at least {minimum} needed"
+                f"{label}: the night has {len(frames)} usable {obstype} frame(s), at least "
+                f"{minimum} needed; {_MINIMUM_ADVICE}"
             )
         now = db_now(session)
         if final is None:
@@ -677,6 +738,8 @@ def build_master(
         with SpillDir(settings.data_dir) as spill:
             prepared: list[tuple[RawFrame, float | None]] = []
             shared: dict[int, list] = {}  # frame id -> [(master ERR, coefficient)]
+            screen: dict[int, float] = {}  # frame id -> level (e-) compared within the group
+            read_noise = 0.0
             for n, frame in enumerate(frames, start=1):
                 try:
                     raw = read_raw(frame.path, crosstalk=crosstalk_lookup(settings.crosstalk_file))
@@ -689,28 +752,42 @@ def build_master(
                                                          level)  # fmt: skip
                 except UnprocessableFrameError as exc:
                     log.warning("%s left out of the %s master: %s", frame.filename, obstype, exc)
-                    dropped[frame.filename] = str(exc)
-                    _leave_out(frame, exc)
+                    dropped[frame.filename] = one_line(exc)
+                    _leave_out(frame, dropped[frame.filename])
                     continue
+                if obstype != "SKYFLAT":
+                    screen[frame.id] = _input_level(obstype, ready, level, frame.exptime_s)
+                read_noise = read_noise or _header_float(ready.header, "RDNOISE")
                 spill.save(str(frame.id), ready)
                 prepared.append((frame, level))
                 if progress:
                     progress(f"prepared {n}/{len(frames)} {frame.filename}")
             if obstype == "SKYFLAT" and prepared:
-                checks = check_flats([spill.load(str(f.id)) for f, _ in prepared])
-                kept = []
-                for (frame, level), check in zip(prepared, checks, strict=True):
-                    if check.reason:
-                        log.warning("%s left out of the flat: %s", frame.filename, check.reason)
-                        dropped[frame.filename] = check.reason
-                    else:
-                        kept.append((frame, level))
-                prepared = kept
+                # a flat too faint to use (a camera without overscan is screened here, once
+                # its bias is subtracted) is left out before it skews the others' check
+                reasons = [flat_level_reason(level, read_noise) for _, level in prepared]
+                bright = [i for i, r in enumerate(reasons) if r is None]
+                checks = check_flats([spill.load(str(prepared[i][0].id)) for i in bright])
+                for i, check in zip(bright, checks, strict=True):
+                    reasons[i] = check.reason
+            else:  # bias and dark: a level far from the group's others
+                reasons = outlying_levels([screen[f.id] for f, _ in prepared],
+                                          read_noise_e=read_noise, what=obstype.lower())
+            kept = []
+            for (frame, level), reason in zip(prepared, reasons, strict=True):
+                if reason:
+                    log.warning("%s left out of the %s master: %s", frame.filename, obstype,
+                                reason)  # fmt: skip
+                    dropped[frame.filename] = reason
+                    _leave_out(frame, reason)
+                else:
+                    kept.append((frame, level))
+            prepared = kept
             if len(prepared) < minimum:
-                session.commit()  # keep the failed frames' reasons
+                session.commit()  # keep the left-out frames' reasons
                 raise NotEnoughInputsError(
-                    f"{instrument.camera} {key.dayobs:%Y%m%d} {obstype}: only {len(prepared)} "
-                    f"usable frame(s) of {len(frames)} (at least {minimum} needed): "
+                    f"{label}: only {len(prepared)} usable {obstype} frame(s) of the night's "
+                    f"{len(frames)}, at least {minimum} needed; {_MINIMUM_ADVICE}; left out: "
                     + "; ".join(f"{k}: {v}" for k, v in dropped.items())
                 )
             result = stack_sources(
@@ -741,6 +818,7 @@ def build_master(
                 dark_master_id=prep["DARK"].id if "DARK" in prep else None))  # fmt: skip
         if fence is not None:
             fence(session)
+        _refuse_bad(session, [m.id for prep in plan.prep.values() for m in prep.values()], key)
         now = db_now(session)
         path, version = _free_path(session, make_path, _next_version(session, key))
         master.header["MASTVER"] = (version, "version of this master within its group")

@@ -7,6 +7,17 @@ The notes' recipe, with every parameter:
 - **dark**: bias-subtracted, divided by EXPTIME: a rate in electron/s.
 - **sky flat**: bias- and dark-subtracted, divided by the 3.5-rstd clipped mean of its central
   region (the middle half of each axis, i.e. the central 25% of the pixels).
+
+Screening (a frame that cannot be used is left out with a one-line reason, never the group):
+
+- when a flat is *checked* (instrument signature removed, before any master):
+  :func:`screen_flat` rejects a central level below :data:`FLAT_MIN_LEVEL_E` electrons or
+  :data:`FLAT_MIN_READ_NOISES` read noises above the bias (a shutter that never opened), and
+  more than :data:`MAX_SATURATED_FRACTION` of the pixels saturated;
+- when a master is *built*: :func:`check_flats` (saturation, shutter gradients relative to the
+  night's other flats) and :func:`outlying_levels` for biases and darks (a level further from
+  the group's median than :data:`LEVEL_OUTLIER_K` robust standard deviations of the group's
+  levels, and at least :data:`LEVEL_OUTLIER_READ_NOISES` read noises).
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pylcogt.errors import UnprocessableFrameError
 from pylcogt.frame import Frame, PixelFlag
 from pylcogt.stages.gain import remove_bias_from_err
 from pylcogt.stats import sigma_clipped_mean
@@ -27,10 +39,23 @@ __all__ = [
     "normalise_flat",
     "FlatCheck",
     "check_flats",
+    "FLAT_MIN_LEVEL_E",
+    "FLAT_MIN_READ_NOISES",
+    "MAX_SATURATED_FRACTION",
+    "LEVEL_OUTLIER_K",
+    "LEVEL_OUTLIER_READ_NOISES",
+    "screen_flat",
+    "flat_level_reason",
+    "outlying_levels",
 ]
 
 LEVEL_K = 3.5  # rstd: per-image clipped means (bias level, flat normalisation)
 LEVEL_SUBSAMPLE = 4  # bias level from every 4th row and column
+FLAT_MIN_LEVEL_E = 1000.0  # e-: a twilight flat below this has too little signal to use
+FLAT_MIN_READ_NOISES = 10.0  # a flat must stand this many read noises above its bias
+MAX_SATURATED_FRACTION = 0.01  # of the pixels flagged SATURATED: a flat over this is not used
+LEVEL_OUTLIER_K = 5.0  # rstd of the group's levels: a bias or dark further off is left out
+LEVEL_OUTLIER_READ_NOISES = 3.0  # ... and at least this many read noises off
 
 
 def central_region(shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -50,7 +75,8 @@ def remove_bias_level(frame: Frame) -> tuple[Frame, float]:
     step = LEVEL_SUBSAMPLE
     level = sigma_clipped_mean(frame.sci[::step, ::step], frame.bpm[::step, ::step], k=LEVEL_K).mean
     if not np.isfinite(level):
-        raise ValueError(f"{frame.name}: no valid pixel to measure the bias level")
+        msg = f"{frame.name}: no valid pixel to measure the bias level (all masked or saturated)"
+        raise UnprocessableFrameError(msg)
     header = frame.header.copy()
     header["BIASLVL"] = (round(level, 4), "[e-] clipped-mean level of this bias frame")
     err = frame.err
@@ -66,7 +92,8 @@ def remove_bias_level(frame: Frame) -> tuple[Frame, float]:
 def to_dark_rate(frame: Frame, exptime_s: float) -> Frame:
     """A bias-subtracted dark as a rate (electron/s); ERR scales the same way."""
     if not exptime_s > 0:
-        raise ValueError(f"{frame.name}: a dark needs EXPTIME > 0, got {exptime_s}")
+        msg = f"{frame.name}: a dark needs EXPTIME > 0, got {exptime_s}; fix the header's EXPTIME"
+        raise UnprocessableFrameError(msg, keyword="EXPTIME")
     scale = np.float32(1.0 / exptime_s)
     err = None if frame.err is None else frame.err * scale
     return replace(frame, sci=frame.sci * scale, err=err, unit="electron/s")
@@ -77,7 +104,9 @@ def normalise_flat(frame: Frame) -> tuple[Frame, float]:
     rows, cols = central_region(frame.shape)
     norm = sigma_clipped_mean(frame.sci[rows, cols], frame.bpm[rows, cols], k=LEVEL_K).mean
     if not (np.isfinite(norm) and norm > 0):
-        raise ValueError(f"{frame.name}: flat level {norm} in the central region is not positive")
+        msg = (f"{frame.name}: flat level {norm:.4g} e- above the bias in the central region "
+               f"is not positive: shutter failure or no sky light; not used")
+        raise UnprocessableFrameError(msg)
     scale = np.float32(1.0 / norm)
     err = None if frame.err is None else frame.err * scale
     header = frame.header.copy()
@@ -109,7 +138,7 @@ def _block_profile(sci: np.ndarray, axis: int, blocks: int = 16) -> np.ndarray:
 def check_flats(
     flats: list[Frame],
     *,
-    max_saturated_fraction: float = 0.01,
+    max_saturated_fraction: float = MAX_SATURATED_FRACTION,
     max_gradient: float = 0.05,
 ) -> list[FlatCheck]:
     """Flag normalised sky flats with too much saturation or a shutter failure.
@@ -146,3 +175,65 @@ def check_flats(
             )
         checks.append(FlatCheck(frame.name, saturated, gradient, reason))
     return checks
+
+
+def screen_flat(frame: Frame, *, bias_level_e: float | None = None) -> tuple[float, str | None]:
+    """``(level, reason)`` for a sky flat just out of instrument signature removal (electrons):
+    the level is the central region's 3.5-rstd clipped mean above the bias; ``reason`` (None:
+    usable) says why the flat cannot be used, with the measured numbers.
+
+    A frame without overscan (``ERRBIAS = T``) still holds its bias: ``bias_level_e`` (the
+    latest master bias's ``BIASLVL``) is subtracted first; without it only saturation is
+    checked (the master build checks the level after subtracting the bias master)."""
+    saturated = float(np.mean((frame.bpm & PixelFlag.SATURATED) != 0))
+    if saturated > MAX_SATURATED_FRACTION:
+        return float("nan"), (f"saturated flat: {saturated:.1%} of the pixels saturated (limit "
+                               f"{MAX_SATURATED_FRACTION:.0%}); not used")  # fmt: skip
+    no_overscan = bool(frame.header.get("ERRBIAS", False))
+    if no_overscan and bias_level_e is None:
+        return float("nan"), None
+    rows, cols = central_region(frame.shape)
+    step = LEVEL_SUBSAMPLE // 2
+    level = sigma_clipped_mean(frame.sci[rows, cols][::step, ::step],
+                               frame.bpm[rows, cols][::step, ::step], k=LEVEL_K).mean
+    level = float(level) - (float(bias_level_e) if no_overscan else 0.0)
+    try:
+        read_noise = float(frame.header.get("RDNOISE", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        read_noise = 0.0
+    return level, flat_level_reason(level, read_noise)
+
+
+def flat_level_reason(level: float | None, read_noise_e: float) -> str | None:
+    """Why a flat of central ``level`` (electrons above the bias) is too faint to use, or None:
+    below :data:`FLAT_MIN_LEVEL_E` or :data:`FLAT_MIN_READ_NOISES` read noises."""
+    if level is None:
+        return None
+    limit = max(FLAT_MIN_LEVEL_E, FLAT_MIN_READ_NOISES * read_noise_e)
+    if np.isfinite(level) and level >= limit:
+        return None
+    return (f"flat level {level:.4g} e- above the bias in the central region, below the "
+            f"{limit:.4g} e- a sky flat needs: shutter failure or no sky light; not used")
+
+
+def outlying_levels(levels: list[float], *, read_noise_e: float = 0.0,
+                    what: str = "frame") -> list[str | None]:  # fmt: skip
+    """For each of a group's levels (electrons), why it is too far from the others (None: it is
+    not). Robust: the median and rstd (1.4826 MAD) of the group's levels; a level is an outlier
+    further than :data:`LEVEL_OUTLIER_K` rstd and :data:`LEVEL_OUTLIER_READ_NOISES` read noises
+    from the median. Fewer than three levels: nothing to compare with, all kept."""
+    values = np.asarray(levels, dtype=float)
+    if values.size < 3:
+        return [None] * values.size
+    median = float(np.median(values))
+    rstd = 1.4826 * float(np.median(np.abs(values - median)))
+    limit = max(LEVEL_OUTLIER_K * rstd, LEVEL_OUTLIER_READ_NOISES * read_noise_e, 1.0)
+    reasons: list[str | None] = []
+    for value in values:
+        off = value - median
+        if not np.isfinite(value) or abs(off) > limit:
+            reasons.append(f"{what} level {value:.4g} e- is {off:+.4g} e- from the night's median "
+                           f"{median:.4g} e- (limit {limit:.3g} e-); not used")  # fmt: skip
+        else:
+            reasons.append(None)
+    return reasons

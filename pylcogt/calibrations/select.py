@@ -70,6 +70,7 @@ __all__ = [
     "select_masters_for_frame",
     "REDUCTION_TYPES",
     "select_reduction_masters",
+    "nearest_master_path",
 ]
 
 
@@ -369,3 +370,22 @@ def select_reduction_masters(
             observed_before=raw_frame.calibration_cutoff,
         )  # fmt: skip
     return chosen
+
+
+def nearest_master_path(
+    session: Session, *, instrument_id: int, obstype: str, binning: str, readout_mode: str,
+    dayobs: dt.date,
+) -> str | None:
+    """The file of the current master of ``obstype`` (no filter) for this instrument, binning and
+    readout mode whose night is nearest ``dayobs`` (earlier nights first on a tie); None if
+    there is none. For screening a frame by a master's header values, not for reduction."""
+    m = MasterCalibration
+    rows = session.execute(
+        sa.select(m.path, m.dayobs)
+        .where(m.instrument_id == instrument_id, m.obstype == _as_type(obstype),
+               m.binning == binning, m.readout_mode == readout_mode, current_master(m))
+    ).all()  # fmt: skip
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: (abs((r.dayobs - dayobs).days), r.dayobs > dayobs))
+    return best.path

@@ -79,7 +79,13 @@ from pylcogt.db.models import (
 from pylcogt.db.session import SQLITE_BEGIN_IMMEDIATE
 from pylcogt.errors import PylcogtError
 from pylcogt.instruments import CALIBRATION_OBSTYPES, SCIENCE_OBSTYPES
-from pylcogt.lifecycle import FRAME_TRANSITIONS, FrameEvent, frame_transition, target_values
+from pylcogt.lifecycle import (
+    FRAME_TRANSITIONS,
+    FrameEvent,
+    frame_transition,
+    hold_marking_lock,
+    target_values,
+)
 from pylcogt.nights import closed_at, night_info
 from pylcogt.pipeline import NEEDED_MASTERS
 from pylcogt.scheduling import OBSTYPE_RANK, PREREQUISITES, SCIENCE_RANK, group_is_complete
@@ -97,6 +103,7 @@ __all__ = [
     "record_ready",
     "record_retry",
     "record_failed",
+    "record_rejected",
     "release_frame",
     "wake_waiting_frames",
     "group_statuses",
@@ -401,6 +408,7 @@ def fence_frame(session: Session, frame_id: int, token: int) -> None:
     whose first statement writes waits for the lock instead.
     """
     session.commit()
+    hold_marking_lock(session, shared=True)  # mark-bad either before this or after the commit
     result = session.execute(
         update(RawFrame)
         .where(RawFrame.id == frame_id, RawFrame.lease_token == token,
@@ -501,6 +509,13 @@ def record_failed(engine: Engine, claim: FrameClaim, error: str) -> None:
     """Failed for good (bad data, a bug, too many attempts), with the reason or traceback."""
     values = {"attempts": _FRAMES.c.attempts + 1, "last_error": error, "next_attempt_at": None}
     _record(engine, claim, FrameEvent.FAILED, values)
+
+
+def record_rejected(engine: Engine, claim: FrameClaim, reason: str) -> None:
+    """A calibration frame that failed its check (no master can use it): ``rejected`` for good,
+    out of its group, with the reason (the measured level and the limit)."""
+    values = {"attempts": _FRAMES.c.attempts + 1, "last_error": reason, "next_attempt_at": None}
+    _record(engine, claim, FrameEvent.SCREENED_OUT, values)
 
 
 def release_frame(engine: Engine, claim: FrameClaim) -> None:
@@ -896,6 +911,7 @@ def fence_group(session: Session, claim: GroupClaim) -> None:
     """Start the transaction that registers ``claim``'s master (see :func:`fence_frame`);
     :class:`LeaseLostError` when the group's lease was taken over."""
     session.commit()
+    hold_marking_lock(session, shared=True)
     j = _JOBS
     result = session.execute(
         update(j)

@@ -6,10 +6,11 @@ keeps the noise statistics; ``BPM`` uint8, lossless. The dithering is seeded fro
 checksum (``DITHER_SEED_CHECKSUM``), not from the clock (astropy's default): the same frame
 gives the same bytes, so a reduction can be reproduced bit for bit (``reduce --as-of``). A
 product is written to a temporary file in the destination folder, flushed to disk, then renamed
-over the destination: a reader sees the old file or the new one, never half of one. ``CAT`` is
-a binary table (the source catalogue of :mod:`pylcogt.stages.detect`): column units in
-``TUNITn`` (astropy's generic unit strings, e.g. ``electron``, which the FITS unit standard
-lacks), descriptions as the ``TTYPEn`` comments.
+over the destination: a reader sees the old file or the new one, never half of one (the
+temporary file's name records its owner, :mod:`pylcogt.io.scratch`: one left by a killed
+process is removed by the next worker). ``CAT`` is a binary table (the source catalogue of
+:mod:`pylcogt.stages.detect`): column units in ``TUNITn`` (astropy's generic unit strings, e.g.
+``electron``, which the FITS unit standard lacks), descriptions as the ``TTYPEn`` comments.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 from astropy.table import Table
 
+from pylcogt.errors import UnprocessableFrameError
 from pylcogt.frame import Frame
-from pylcogt.io.scan import sha256_file
+from pylcogt.io.scan import scan_fits, sha256_file
+from pylcogt.io.scratch import TEMP_SUFFIX, temp_prefix
 
 __all__ = [
     "write_product",
@@ -32,6 +36,7 @@ __all__ = [
     "read_catalog",
     "read_science_summary",
     "read_mask",
+    "read_product_card",
     "clean_header",
     "TILE_ROWS",
 ]
@@ -103,7 +108,8 @@ def write_product(path: Path, frame: Frame, *, catalog: Table | None = None) -> 
         hdus.append(_catalog_hdu(catalog))
     hdul = fits.HDUList([fits.PrimaryHDU(), *hdus])
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX,
+                                    dir=path.parent)  # fmt: skip
     try:
         with os.fdopen(fd, "wb") as handle:
             hdul.writeto(handle)
@@ -192,30 +198,64 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_product(path: Path, *, with_err: bool = True) -> Frame:
-    """Read a product or master written by :func:`write_product` (``with_err=False``: leave
-    the ERR plane undecompressed; the frame's ``err`` is None)."""
+    """Read a product or master written by :func:`write_product`, or any file laid out like one
+    (``with_err=False``: leave the ERR plane undecompressed; the frame's ``err`` is None).
+
+    A 2-D ``SCI`` image is required; without a ``BPM`` every pixel is good. A missing ``SCI``,
+    or a ``BPM``/``ERR`` of another shape: UnprocessableFrameError naming the file."""
     path = Path(path)
     with fits.open(path) as hdul:
-        sci_hdu = hdul["SCI"]
-        sci = np.asarray(sci_hdu.data, dtype=np.float32)
-        header = clean_header(sci_hdu.header)
-        unit = str(sci_hdu.header.get("BUNIT", ""))
-        bpm = np.asarray(hdul["BPM"].data, dtype=np.uint8)
-        err = None
-        if with_err and "ERR" in hdul:
-            err = np.asarray(hdul["ERR"].data, dtype=np.float32)
+        sci = _plane(hdul, "SCI", np.float32, path, shape=None)
+        if sci is None:
+            msg = f"{path.name} has no SCI extension"
+            raise UnprocessableFrameError(msg, path=str(path))
+        header = clean_header(hdul["SCI"].header)
+        unit = str(hdul["SCI"].header.get("BUNIT", ""))
+        bpm = _plane(hdul, "BPM", np.uint8, path, shape=sci.shape)
+        if bpm is None:
+            bpm = np.zeros(sci.shape, dtype=np.uint8)
+        err = _plane(hdul, "ERR", np.float32, path, shape=sci.shape) if with_err else None
     return Frame(sci=sci, err=err, bpm=bpm, header=header, unit=unit, name=path.name)
+
+
+def _plane(hdul: fits.HDUList, name: str, dtype, path: Path, *, shape) -> np.ndarray | None:
+    """Extension ``name`` as a 2-D array of ``dtype`` (of ``shape`` when given); None when the
+    file has no such extension, UnprocessableFrameError when it is not such an image."""
+    if name not in hdul:
+        return None
+    data = hdul[name].data
+    if data is None or data.ndim != 2 or (shape is not None and data.shape != shape):
+        found = "no data" if data is None else f"shape {data.shape}"
+        want = "a 2-D image" if shape is None else f"the SCI shape {shape}"
+        msg = f"{path.name}: its {name} extension holds {found}, not {want}"
+        raise UnprocessableFrameError(msg, path=str(path))
+    return np.asarray(data, dtype=dtype)
+
+
+def read_product_card(path: Path, keyword: str):
+    """One header card's value of a product or master's SCI extension (None if absent); reads
+    the header only."""
+    with fits.open(path) as hdul:
+        return hdul["SCI"].header.get(keyword)
 
 
 def read_mask(path: Path) -> np.ndarray:
     """A bad-pixel mask made elsewhere: the ``BPM`` extension if there is one, else the first
     image. Integer values 0-255 are kept as flag bits; any other non-zero value becomes 1 (BAD).
+    Not FITS, truncated or an unparsable header: UnprocessableFrameError naming the file.
     """
-    with fits.open(path) as hdul:
-        hdu = hdul["BPM"] if "BPM" in hdul else next((h for h in hdul if h.data is not None), None)
-        if hdu is None or hdu.data is None or hdu.data.ndim != 2:
-            raise ValueError(f"{Path(path).name} holds no 2-D image to use as a bad-pixel mask")
-        data = np.asarray(hdu.data)
+    path = Path(path)
+    try:
+        scan_fits(path)  # empty, truncated or not FITS: UnprocessableFrameError naming the file
+        with fits.open(path) as hdul:
+            hdu = hdul["BPM"] if "BPM" in hdul else next((h for h in hdul if h.data is not None),
+                                                         None)  # fmt: skip
+            if hdu is None or hdu.data is None or hdu.data.ndim != 2:
+                raise ValueError(f"{path.name} holds no 2-D image to use as a bad-pixel mask")
+            data = np.asarray(hdu.data)
+    except VerifyError as exc:
+        msg = f"{path.name}: unparsable FITS header ({' '.join(str(exc).split())})"
+        raise UnprocessableFrameError(msg, path=str(path)) from None
     if np.issubdtype(data.dtype, np.integer) and data.min() >= 0 and data.max() <= 255:
         return data.astype(np.uint8)
     return (np.nan_to_num(data, nan=1.0) != 0).astype(np.uint8)

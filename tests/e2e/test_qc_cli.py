@@ -101,9 +101,9 @@ def test_masters_of_the_night_with_their_numbers_and_previous_masters(nights: di
     assert flat["comparison"]["median"] == pytest.approx(1.0, abs=0.002)
     assert flat["comparison"]["z_rstd"] == pytest.approx(1.0, abs=0.15)
     assert flat["stats"]["median"] == pytest.approx(1.0, abs=0.1)
-    # the saturated flat was left out of the master, and the page says why
+    # the saturated flat was screened out when checked (rejected), and the page says why
     (left,) = flat["left_out"]
-    assert left["file"] == nights["flat"] and left["state"] == "failed"
+    assert left["file"] == nights["flat"] and left["state"] == "rejected"
     assert "saturated" in left["reason"]
     assert flat["n_inputs"] == 2 * 3 - 1
     assert nights["flat"] not in {f["file"] for f in flat["inputs"]}

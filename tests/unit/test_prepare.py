@@ -7,12 +7,16 @@ import pytest
 from astropy.io import fits
 
 from pylcogt.calibrations.prepare import (
+    FLAT_MIN_LEVEL_E,
     central_region,
     check_flats,
     normalise_flat,
+    outlying_levels,
     remove_bias_level,
+    screen_flat,
     to_dark_rate,
 )
+from pylcogt.errors import UnprocessableFrameError
 from pylcogt.frame import Frame, PixelFlag
 
 
@@ -66,7 +70,7 @@ def test_dark_rate_is_exact() -> None:
     assert out.unit == "electron/s"
     np.testing.assert_allclose(out.sci, 0.15, rtol=1e-6)
     np.testing.assert_allclose(out.err, 0.03, rtol=1e-6)
-    with pytest.raises(ValueError, match="EXPTIME > 0"):
+    with pytest.raises(UnprocessableFrameError, match="EXPTIME > 0"):
         to_dark_rate(frame(np.ones((2, 2))), 0.0)
 
 
@@ -108,3 +112,72 @@ def test_shutter_failure_and_saturation_are_rejected() -> None:
     assert "shutter failure" in reasons["shutter"]
     assert "saturated" in reasons["saturated"]
     assert sum(r is None for r in reasons.values()) == 4
+
+
+def _flat(level: float, *, rdnoise: float = 7.5, errbias: bool = False, seed: int = 1,
+          saturated: float = 0.0) -> Frame:  # fmt: skip
+    rng = np.random.default_rng(seed)
+    sci = rng.normal(level, max(np.sqrt(max(level, 1.0)), rdnoise), (200, 300))
+    bpm = np.zeros(sci.shape, np.uint8)
+    bpm.flat[: int(saturated * bpm.size)] = PixelFlag.SATURATED
+    f = frame(sci, bpm=bpm)
+    f.header["RDNOISE"] = rdnoise
+    f.header["ERRBIAS"] = errbias
+    return f
+
+
+def test_screen_flat_rejects_a_closed_shutter_and_keeps_a_sky_flat() -> None:
+    level, reason = screen_flat(_flat(22000.0))
+    assert reason is None and level == pytest.approx(22000.0, rel=1e-3)
+    # the shutter never opened: a bias frame's pixels after overscan (a few e- of structure)
+    level, reason = screen_flat(_flat(3.0))
+    assert level == pytest.approx(3.0, abs=1.0)
+    assert reason is not None and "shutter failure" in reason and "\n" not in reason
+    assert f"{FLAT_MIN_LEVEL_E:.4g} e-" in reason  # the limit is named with the measured level
+    # a noisy camera: ten read noises are more than the absolute floor
+    assert screen_flat(_flat(1500.0, rdnoise=200.0))[1] is not None
+    assert screen_flat(_flat(1500.0, rdnoise=20.0))[1] is None
+
+
+def test_screen_flat_subtracts_the_bias_of_a_camera_without_overscan() -> None:
+    raw_bias_only = _flat(1100.0, errbias=True)  # SBIG-like: the pedestal is still there
+    assert screen_flat(raw_bias_only, bias_level_e=None)[1] is None  # cannot tell: not judged
+    level, reason = screen_flat(raw_bias_only, bias_level_e=1098.0)
+    assert level == pytest.approx(2.0, abs=1.0) and reason is not None
+    assert screen_flat(_flat(21100.0, errbias=True), bias_level_e=1100.0)[1] is None
+
+
+def test_screen_flat_rejects_saturation_over_one_percent() -> None:
+    assert screen_flat(_flat(22000.0, saturated=0.005))[1] is None
+    reason = screen_flat(_flat(22000.0, saturated=0.2))[1]
+    assert reason is not None and "20.0% of the pixels saturated" in reason
+
+
+def _slow_outliers(levels, read_noise, k=5.0, n_rn=3.0):
+    """The obvious version: median, MAD, limit, compare."""
+    med = sorted(levels)[len(levels) // 2] if len(levels) % 2 else \
+        (sorted(levels)[len(levels) // 2 - 1] + sorted(levels)[len(levels) // 2]) / 2
+    devs = sorted(abs(v - med) for v in levels)
+    n = len(devs)
+    mad = devs[n // 2] if n % 2 else (devs[n // 2 - 1] + devs[n // 2]) / 2
+    limit = max(k * 1.4826 * mad, n_rn * read_noise, 1.0)
+    return [abs(v - med) > limit for v in levels]
+
+
+def test_outlying_levels_finds_a_wild_bias_and_matches_the_obvious_version() -> None:
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(3, 12))
+        levels = list(rng.normal(0.0, rng.uniform(0.05, 5.0), n))
+        if trial % 2:
+            levels[int(rng.integers(0, n))] += float(rng.uniform(-400, 400))
+        rn = float(rng.uniform(0.0, 15.0))
+        got = [r is not None for r in outlying_levels(levels, read_noise_e=rn)]
+        assert got == _slow_outliers(levels, rn)
+    reasons = outlying_levels([0.1, -0.2, 0.05, 310.0, 0.0], read_noise_e=7.5, what="bias")
+    assert reasons[:3] == [None, None, None] and reasons[4] is None
+    assert reasons[3].startswith("bias level 310 e- is +309.9 e- from the night's median 0.05 e-")
+
+
+def test_outlying_levels_needs_three_frames() -> None:
+    assert outlying_levels([0.0, 500.0]) == [None, None]
