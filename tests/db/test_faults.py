@@ -306,6 +306,22 @@ def test_the_minimum_from_the_environment_applies_to_the_worker(
 
 
 # --- mark-bad while a reduction or a build is in flight ------------------------------------
+def mark_bad_on_first_call(monkeypatch: pytest.MonkeyPatch, env: Env, module, name: str,
+                           master_id: int, reason: str) -> list:  # fmt: skip
+    """Make ``module.name`` mark ``master_id`` bad (another transaction, as an operator would)
+    the first time it is called, then do its work; returns the list of the marks made."""
+    real, marked = getattr(module, name), []
+
+    def mark_then_go_on(*args, **kwargs):
+        if not marked:
+            marked.append(provenance.mark_bad(env.settings.database_url, master_id,
+                                              reason=reason))  # fmt: skip
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, mark_then_go_on)
+    return marked
+
+
 def test_mark_bad_during_a_reduction_is_seen_when_it_records(
     night: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -315,16 +331,8 @@ def test_mark_bad_during_a_reduction_is_seen_when_it_records(
     night.ingest("*-b00.fits", "*-d00.fits", "*-f00.fits")
     night.run()
     bias_id = master(night, "BIAS").id
-    real = reduce_module.catalog_and_wcs
-    marked = []
-
-    def mark_then_go_on(*args, **kwargs):
-        if not marked:
-            marked.append(provenance.mark_bad(night.settings.database_url, bias_id,
-                                              reason="light leak found by an operator"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(reduce_module, "catalog_and_wcs", mark_then_go_on)
+    marked = mark_bad_on_first_call(monkeypatch, night, reduce_module, "catalog_and_wcs",
+                                    bias_id, "light leak found by an operator")  # fmt: skip
     night.ingest("*-e00.fits")
     night.run()
     assert marked
@@ -347,16 +355,8 @@ def test_mark_bad_during_a_master_build_is_seen_when_it_registers(
     night.ingest("*-b00.fits")
     night.run()
     bias_id = master(night, "BIAS").id
-    real = build_module.stack_sources
-    marked = []
-
-    def mark_then_stack(*args, **kwargs):
-        if not marked:
-            marked.append(provenance.mark_bad(night.settings.database_url, bias_id,
-                                              reason="bias structure changed"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(build_module, "stack_sources", mark_then_stack)
+    marked = mark_bad_on_first_call(monkeypatch, night, build_module, "stack_sources", bias_id,
+                                    "bias structure changed")  # fmt: skip
     night.ingest("*-d00.fits")
     night.run(retry_base_s=0.05, retry_cap_s=0.05)
     assert marked
