@@ -297,6 +297,16 @@ def cmd_frames(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _record_by_hand(session) -> None:
+    """The fence of a master built by hand: its record transaction starts here, ordered with
+    mark-bad (:func:`pylcogt.lifecycle.hold_marking_lock`), so a master marked bad meanwhile is
+    seen before anything is registered."""
+    from pylcogt import lifecycle
+
+    session.commit()
+    lifecycle.hold_marking_lock(session, shared=True, write=True)
+
+
 def _set_instrument(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
@@ -629,9 +639,10 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         ):
             try:
                 built = (
-                    build_bpm_master(maker, settings, key)
+                    build_bpm_master(maker, settings, key, fence=_record_by_hand)
                     if obstype == "BPM"
-                    else build_master(maker, settings, key, progress=show)
+                    else build_master(maker, settings, key, progress=show,
+                                      fence=_record_by_hand)
                 )
             except PylcogtError as exc:
                 results.append({"type": obstype, "filter": key.filter_name, "binning": key.binning,

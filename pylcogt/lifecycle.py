@@ -240,18 +240,19 @@ def requeue_values(reason: str, *, last_error: str | None = None) -> dict:
 MARKING_LOCK_KEY = 0x70796C636F67  # "pylcog"
 
 
-def hold_marking_lock(session: Session, *, shared: bool) -> None:
+def hold_marking_lock(session: Session, *, shared: bool, write: bool = False) -> None:
     """Take the marking lock for the rest of the transaction (the first statement of it).
 
     A record transaction holds it shared, then checks its masters (:func:`bad_masters`): a
     master marked bad before that is seen, and a marking that comes later waits for the record
     to commit and then finds the reduction (or master) to redo. On SQLite the database's write
-    lock does the same (the record's first statement writes); shared there is a no-op, and
-    exclusive is a write of no row (the write lock until commit)."""
+    lock does the same: exclusive, or ``write`` (a record transaction whose next statement is
+    not a write), is a write of no row that holds the write lock until commit; shared alone is a
+    no-op there (the caller's next statement writes: a fence)."""
     if session.get_bind().dialect.name == "postgresql":
         function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
         session.execute(sa.text(f"SELECT {function}(:key)"), {"key": MARKING_LOCK_KEY})
-    elif not shared:
+    elif write or not shared:
         m = MasterCalibration.__table__
         session.execute(update(m).where(m.c.id == -1).values(is_bad=m.c.is_bad))
 

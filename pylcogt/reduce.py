@@ -51,7 +51,7 @@ from pylcogt.db.models import (
     ReductionStatus,
 )
 from pylcogt.db.queue import fence_frame
-from pylcogt.errors import CalibrationNotFoundError, UnprocessableFrameError
+from pylcogt.errors import CalibrationNotFoundError, UnprocessableFrameError, one_line
 from pylcogt.instruments import SCIENCE_OBSTYPES, crosstalk_lookup
 from pylcogt.io.products import write_product
 from pylcogt.io.raw_read import read_raw
@@ -172,7 +172,7 @@ def reduce_frame(
                 fence_frame(session, frame_id, lease_token)
             else:  # by hand: the record transaction starts here, ordered with mark-bad
                 session.commit()
-                lifecycle.hold_marking_lock(session, shared=True)
+                lifecycle.hold_marking_lock(session, shared=True, write=True)
 
         frame = _load_frame(session, frame_id)
         result = ReduceResult(frame_id=frame.id, path=frame.path, state=frame.state.value)
@@ -251,19 +251,19 @@ def reduce_frame(
             if reproduce:
                 raise
             fence()
-            _record_state(session, frame, FrameEvent.WAITING, str(exc))
+            _record_state(session, frame, FrameEvent.WAITING, one_line(exc))
             session.commit()
             log.warning("%s waits for a calibration: %s", frame.filename, exc)
-            result.state, result.error = frame.state.value, str(exc)
+            result.state, result.error = frame.state.value, one_line(exc)
             return result
         except UnprocessableFrameError as exc:
             if reproduce:
                 raise
             fence()
-            _record_state(session, frame, FrameEvent.FAILED, str(exc))
+            _record_state(session, frame, FrameEvent.FAILED, one_line(exc))
             session.commit()
             log.error("%s failed: %s", frame.filename, exc)
-            result.state, result.error = frame.state.value, str(exc)
+            result.state, result.error = frame.state.value, one_line(exc)
             return result
 
         for u in used:

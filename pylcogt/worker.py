@@ -582,7 +582,7 @@ class Worker:
         try:
             value = read_product_card(path, "BIASLVL")
             return None if value is None else float(value)
-        except (OSError, KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged master: screen without its level
             log.warning("%s: cannot read BIASLVL of %s (%s); flat level not screened",
                         claim.filename, path, exc)  # fmt: skip
             return None
@@ -706,6 +706,7 @@ class Worker:
                      f", supersedes master {result.superseded}" if result.superseded else "",
                      f" ({failed} left out)" if failed else "")  # fmt: skip
         self._refresh_after(key, result)
+        queue.wake_dependent_groups(self.engine, key)
         self.summary.woken += queue.wake_waiting_frames(self.engine)
 
 

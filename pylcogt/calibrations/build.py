@@ -710,6 +710,7 @@ def build_master(
     """
     obstype = key.obstype
     dropped: dict[str, str] = {}
+    left_out: list[tuple[RawFrame, str]] = []  # recorded with the master (or the not-enough)
     with maker() as session:
         query = select(Instrument).options(joinedload(Instrument.site))
         instrument = session.scalars(query.where(Instrument.id == key.instrument_id)).one()
@@ -731,10 +732,10 @@ def build_master(
             in_it = set(session.scalars(
                 select(MasterInput.frame_id).where(MasterInput.master_id == current.id)))
             # a frame checked again that the same build left out: left out again, not rebuilt
-            left_out = [f.id for f in frames if f.id not in in_it]
+            given_up = [f.id for f in frames if f.id not in in_it]
             return _unchanged(session, current, final, fence, now,
                               frame_ids=[f.id for f in frames if f.id in in_it],
-                              left_out=left_out)  # fmt: skip
+                              left_out=given_up)  # fmt: skip
         with SpillDir(settings.data_dir) as spill:
             prepared: list[tuple[RawFrame, float | None]] = []
             shared: dict[int, list] = {}  # frame id -> [(master ERR, coefficient)]
@@ -753,7 +754,7 @@ def build_master(
                 except UnprocessableFrameError as exc:
                     log.warning("%s left out of the %s master: %s", frame.filename, obstype, exc)
                     dropped[frame.filename] = one_line(exc)
-                    _leave_out(frame, dropped[frame.filename])
+                    left_out.append((frame, dropped[frame.filename]))
                     continue
                 if obstype != "SKYFLAT":
                     screen[frame.id] = _input_level(obstype, ready, level, frame.exptime_s)
@@ -779,11 +780,13 @@ def build_master(
                     log.warning("%s left out of the %s master: %s", frame.filename, obstype,
                                 reason)  # fmt: skip
                     dropped[frame.filename] = reason
-                    _leave_out(frame, reason)
+                    left_out.append((frame, reason))
                 else:
                     kept.append((frame, level))
             prepared = kept
             if len(prepared) < minimum:
+                for frame, reason in left_out:
+                    _leave_out(frame, reason)
                 session.commit()  # keep the left-out frames' reasons
                 raise NotEnoughInputsError(
                     f"{label}: only {len(prepared)} usable {obstype} frame(s) of the night's "
@@ -819,6 +822,8 @@ def build_master(
         if fence is not None:
             fence(session)
         _refuse_bad(session, [m.id for prep in plan.prep.values() for m in prep.values()], key)
+        for frame, reason in left_out:  # in the record transaction: not if the build is abandoned
+            _leave_out(frame, reason)
         now = db_now(session)
         path, version = _free_path(session, make_path, _next_version(session, key))
         master.header["MASTVER"] = (version, "version of this master within its group")

@@ -104,6 +104,7 @@ __all__ = [
     "record_retry",
     "record_failed",
     "record_rejected",
+    "wake_dependent_groups",
     "release_frame",
     "wake_waiting_frames",
     "group_statuses",
@@ -995,6 +996,34 @@ def finish_group(
                 update(f).where(*ready).values(next_attempt_at=defer_until, updated_at=now)
             ).rowcount
     return changed
+
+
+def wake_dependent_groups(engine: Engine, key: GroupKey) -> int:
+    """A master of ``key`` was registered: the groups of the types that are prepared with it
+    (same instrument, binning and readout mode: a dark's bias; a flat's bias and dark) that were
+    deferred for want of frames or of a master are due now, not at the end of their night.
+    Returns how many groups were woken."""
+    dependents = [t for t, needs in PREREQUISITES.items() if key.obstype in needs]
+    if not dependents:
+        return 0
+    j, f = _JOBS, _FRAMES
+    with engine.begin() as conn:  # jobs before frames: a master build's lock order
+        woken = conn.execute(
+            update(j)
+            .where(j.c.status == MasterJobStatus.NOT_ENOUGH.value, j.c.obstype.in_(dependents),
+                   j.c.instrument_id == key.instrument_id, j.c.binning == key.binning,
+                   j.c.readout_mode == key.readout_mode, j.c.next_attempt_at.is_not(None))
+            .values(next_attempt_at=None)
+        ).rowcount  # fmt: skip
+        if woken:  # their checked frames were deferred with them
+            conn.execute(
+                update(f)
+                .where(f.c.state == FrameState.READY.value, f.c.obstype.in_(dependents),
+                       f.c.instrument_id == key.instrument_id, f.c.binning == key.binning,
+                       f.c.readout_mode == key.readout_mode, f.c.next_attempt_at.is_not(None))
+                .values(next_attempt_at=None)
+            )  # fmt: skip
+    return woken
 
 
 # --- heartbeat ----------------------------------------------------------------------------

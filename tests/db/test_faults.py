@@ -8,6 +8,7 @@ other frame of the night is done, and no ``error`` column holds a traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pylcogt import provenance
 from pylcogt import reduce as reduce_module
 from pylcogt.calibrations import build as build_module
 from pylcogt.cli import main as cli_main
+from pylcogt.config import load_settings
 from pylcogt.db.models import FrameState, MasterCalibration, MasterInput, RawFrame
 from pylcogt.db.session import get_sessionmaker
 from pylcogt.simulate import simulate_night
@@ -298,11 +300,38 @@ def test_the_minimum_from_the_environment_applies_to_the_worker(
     for path in files(night, "BIAS")[3:]:
         path.unlink()
     monkeypatch.setenv("PYLCOGT_MIN_INPUTS", "BIAS=3")
-    night.settings = type(night.settings)(**{
-        **night.settings.__dict__, "min_inputs": (("BIAS", 3),)})  # fmt: skip
+    night.settings = load_settings(night.settings.database_url, night.settings.data_dir)
+    assert night.settings.min_inputs == (("BIAS", 3),)
     run_night(night)
     check_isolated(night, {})
     assert master(night, "BIAS").n_inputs == 3
+
+
+def test_a_group_deferred_for_its_missing_master_is_built_when_the_master_arrives(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Tonight (a night still going on), a new camera's afternoon biases are too few for a
+    master: the darks' group is deferred (no bias to prepare them with). When the morning
+    biases make the bias master, the darks' master is built at once, not at the end of the
+    night."""
+    from .test_worker import _env as make_env
+
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    tonight = (now + dt.timedelta(hours=-70.7 / 15.0) - dt.timedelta(hours=12)).date()
+    raw = tmp_path / "raw"
+    simulate_night(raw, camera="sbig", size=128, n_bias=3, n_dark=3, n_flat=0, n_science=0,
+                   filters=(), dayobs=tonight.strftime("%Y%m%d"), seed=5)  # fmt: skip
+    env = make_env(db_url, tmp_path, raw)
+    biases, darks = sorted(raw.glob("*-b00.fits")), sorted(raw.glob("*-d00.fits"))
+    env.ingest(*[p.name for p in biases[:3]], *[p.name for p in darks])
+    env.run()
+    assert [m.obstype.value for m in env.masters()] == []
+    with env.engine.connect() as conn:
+        deferred = conn.execute(sa.text("SELECT status FROM master_jobs WHERE obstype = 'DARK'"))
+        assert deferred.scalars().all() == ["not_enough"]
+    env.ingest(*[p.name for p in biases[3:]])  # no dark arrives: only the bias master wakes it
+    env.run()
+    assert sorted(m.obstype.value for m in env.masters()) == ["BIAS", "BPM", "DARK"]
 
 
 # --- mark-bad while a reduction or a build is in flight ------------------------------------
