@@ -297,16 +297,6 @@ def cmd_frames(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _record_by_hand(session) -> None:
-    """The fence of a master built by hand: its record transaction starts here, ordered with
-    mark-bad (:func:`pylcogt.lifecycle.hold_marking_lock`), so a master marked bad meanwhile is
-    seen before anything is registered."""
-    from pylcogt import lifecycle
-
-    session.commit()
-    lifecycle.hold_marking_lock(session, shared=True, write=True)
-
-
 def _set_instrument(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
@@ -585,6 +575,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import literal as sa_literal
     from sqlalchemy import select
 
+    from pylcogt import lifecycle
     from pylcogt.calibrations.build import GroupKey, build_bpm_master, build_master
     from pylcogt.db.models import Instrument, MasterCalibration, RawFrame, current_master
 
@@ -639,10 +630,10 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         ):
             try:
                 built = (
-                    build_bpm_master(maker, settings, key, fence=_record_by_hand)
+                    build_bpm_master(maker, settings, key, fence=lifecycle.begin_record)
                     if obstype == "BPM"
                     else build_master(maker, settings, key, progress=show,
-                                      fence=_record_by_hand)
+                                      fence=lifecycle.begin_record)
                 )
             except PylcogtError as exc:
                 results.append({"type": obstype, "filter": key.filter_name, "binning": key.binning,

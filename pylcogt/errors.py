@@ -69,9 +69,11 @@ class ExternalToolError(PylcogtError):
 
 
 def one_line(error: BaseException | str) -> str:
-    """The error's text on one line (whitespace runs collapsed): what the registry's ``error``
-    columns and the terminal show; tracebacks go to the log only."""
+    """The error's text on one line (whitespace runs collapsed, other control characters
+    escaped: NUL cannot be stored in PostgreSQL): what the registry's ``error`` columns and the
+    terminal show; tracebacks go to the log only."""
     text = " ".join(str(error).split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if not text and isinstance(error, BaseException):
         return type(error).__name__
     return text

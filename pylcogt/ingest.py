@@ -62,7 +62,7 @@ from pylcogt.db import repo
 from pylcogt.db.clock import db_now
 from pylcogt.db.models import FrameState, RawFrame
 from pylcogt.db.session import writer
-from pylcogt.errors import UnprocessableFrameError
+from pylcogt.errors import UnprocessableFrameError, one_line
 from pylcogt.io.raw_header import FrameMetadata, read_frame_metadata
 from pylcogt.io.raw_read import pixel_digest
 from pylcogt.io.scan import scan_fits, sha256_file
@@ -294,7 +294,7 @@ def record_file(session: Session, facts: FileFacts) -> IngestResult:
 
 
 def _reject(session: Session, frame: RawFrame, reason: str, now: dt.datetime) -> IngestResult:
-    _reset_processing(session, frame, FrameEvent.REJECTED, _one_line(reason), now)
+    _reset_processing(session, frame, FrameEvent.REJECTED, one_line(reason), now)
     session.add(frame)
     session.flush()
     log.warning("rejected %s: %s", frame.path, frame.last_error, extra={"frame_path": frame.path})
@@ -495,7 +495,7 @@ def _unstorable_path(path: Path) -> str | None:
 
 def _reported_only(facts: FileFacts, reason: str) -> IngestResult:
     """A file the registry cannot hold at all: reported, not recorded."""
-    reason = _one_line(reason)
+    reason = one_line(reason)
     log.warning("not recorded %s: %s", _printable(facts.path), reason)
     return IngestResult(path=_printable(facts.path), status="rejected", state="rejected",
                         reason=reason)  # fmt: skip
@@ -504,8 +504,3 @@ def _reported_only(facts: FileFacts, reason: str) -> IngestResult:
 def _printable(path: Path) -> str:
     """``path`` as text that can be printed and stored (undecodable bytes as ``\\xNN``)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line, without control characters (NUL cannot be stored in PostgreSQL)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))

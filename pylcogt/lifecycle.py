@@ -80,6 +80,7 @@ __all__ = [
     "promote_reduction",
     "MARKING_LOCK_KEY",
     "hold_marking_lock",
+    "begin_record",
     "bad_masters",
 ]
 
@@ -255,6 +256,14 @@ def hold_marking_lock(session: Session, *, shared: bool, write: bool = False) ->
     elif write or not shared:
         m = MasterCalibration.__table__
         session.execute(update(m).where(m.c.id == -1).values(is_bad=m.c.is_bad))
+
+
+def begin_record(session: Session) -> None:
+    """Start the transaction that records work done without a lease (``pylcogt reduce``,
+    ``pylcogt stack``): the read transaction ends, and the new one holds the marking lock and
+    (SQLite) the write lock from its first statement, as a worker's fence does."""
+    session.commit()
+    hold_marking_lock(session, shared=True, write=True)
 
 
 def bad_masters(session: Session, master_ids: Iterable[int]) -> dict[int, str]:

@@ -171,8 +171,7 @@ def reduce_frame(
             if lease_token is not None:
                 fence_frame(session, frame_id, lease_token)
             else:  # by hand: the record transaction starts here, ordered with mark-bad
-                session.commit()
-                lifecycle.hold_marking_lock(session, shared=True, write=True)
+                lifecycle.begin_record(session)
 
         frame = _load_frame(session, frame_id)
         result = ReduceResult(frame_id=frame.id, path=frame.path, state=frame.state.value)

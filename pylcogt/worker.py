@@ -580,8 +580,7 @@ class Worker:
         if path is None:
             return None
         try:
-            value = read_product_card(path, "BIASLVL")
-            return None if value is None else float(value)
+            return _master_bias_level(path)
         except Exception as exc:  # noqa: BLE001 - a damaged master: screen without its level
             log.warning("%s: cannot read BIASLVL of %s (%s); flat level not screened",
                         claim.filename, path, exc)  # fmt: skip
@@ -708,6 +707,13 @@ class Worker:
         self._refresh_after(key, result)
         queue.wake_dependent_groups(self.engine, key)
         self.summary.woken += queue.wake_waiting_frames(self.engine)
+
+
+@functools.lru_cache(maxsize=64)
+def _master_bias_level(path: str) -> float | None:
+    """A master bias's ``BIASLVL`` (e-), read once: a master's file never changes (immutable)."""
+    value = read_product_card(path, "BIASLVL")
+    return None if value is None else float(value)
 
 
 def _describe(key) -> str:

@@ -45,6 +45,7 @@ from pylcogt.calibrations.prepare import (
     LEVEL_SUBSAMPLE,
     check_flats,
     flat_level_reason,
+    header_float,
     outlying_levels,
 )
 from pylcogt.calibrations.select import select_master
@@ -407,13 +408,6 @@ def _input_level(obstype: str, ready: Frame, level: float | None,
     return float(rate) * float(exptime_s or 0.0)
 
 
-def _header_float(header, keyword: str) -> float:
-    try:
-        return float(header.get(keyword, 0.0) or 0.0)
-    except (TypeError, ValueError):
-        return 0.0
-
-
 def _master_frame(key: GroupKey, result, levels: list[float], inputs: list[RawFrame],
                   instrument: Instrument, unit: str) -> Frame:  # fmt: skip
     sci = result.mean
@@ -758,7 +752,7 @@ def build_master(
                     continue
                 if obstype != "SKYFLAT":
                     screen[frame.id] = _input_level(obstype, ready, level, frame.exptime_s)
-                read_noise = read_noise or _header_float(ready.header, "RDNOISE")
+                read_noise = read_noise or header_float(ready.header, "RDNOISE")
                 spill.save(str(frame.id), ready)
                 prepared.append((frame, level))
                 if progress:

@@ -46,6 +46,7 @@ __all__ = [
     "LEVEL_OUTLIER_READ_NOISES",
     "screen_flat",
     "flat_level_reason",
+    "header_float",
     "outlying_levels",
 ]
 
@@ -197,11 +198,16 @@ def screen_flat(frame: Frame, *, bias_level_e: float | None = None) -> tuple[flo
     level = sigma_clipped_mean(frame.sci[rows, cols][::step, ::step],
                                frame.bpm[rows, cols][::step, ::step], k=LEVEL_K).mean
     level = float(level) - (float(bias_level_e) if no_overscan else 0.0)
+    return level, flat_level_reason(level, header_float(frame.header, "RDNOISE"))
+
+
+def header_float(header, keyword: str) -> float:
+    """``header[keyword]`` as a number; 0.0 when absent or not a number (a read noise unknown:
+    the limits that use it fall back to their absolute floors)."""
     try:
-        read_noise = float(frame.header.get("RDNOISE", 0.0) or 0.0)
+        return float(header.get(keyword, 0.0) or 0.0)
     except (TypeError, ValueError):
-        read_noise = 0.0
-    return level, flat_level_reason(level, read_noise)
+        return 0.0
 
 
 def flat_level_reason(level: float | None, read_noise_e: float) -> str | None:

@@ -25,7 +25,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 from astropy.table import Table
 
-from pylcogt.errors import UnprocessableFrameError
+from pylcogt.errors import UnprocessableFrameError, one_line
 from pylcogt.frame import Frame
 from pylcogt.io.scan import scan_fits, sha256_file
 from pylcogt.io.scratch import TEMP_SUFFIX, temp_prefix
@@ -254,7 +254,7 @@ def read_mask(path: Path) -> np.ndarray:
                 raise ValueError(f"{path.name} holds no 2-D image to use as a bad-pixel mask")
             data = np.asarray(hdu.data)
     except VerifyError as exc:
-        msg = f"{path.name}: unparsable FITS header ({' '.join(str(exc).split())})"
+        msg = f"{path.name}: unparsable FITS header ({one_line(exc)})"
         raise UnprocessableFrameError(msg, path=str(path)) from None
     if np.issubdtype(data.dtype, np.integer) and data.min() >= 0 and data.max() <= 255:
         return data.astype(np.uint8)
