@@ -717,7 +717,8 @@ def _master_bias_level(path: str) -> float | None:
 
 
 def _describe(key) -> str:
-    text = f"{key.obstype} {key.dayobs:%Y%m%d} instrument {key.instrument_id} {key.binning}"
+    obstype = getattr(key.obstype, "value", key.obstype)  # a group read back holds the enum
+    text = f"{obstype} {key.dayobs:%Y%m%d} instrument {key.instrument_id} {key.binning}"
     if key.readout_mode:
         text += f" {key.readout_mode}"
     return text + (f" {key.filter_name}" if key.filter_name else "")
